@@ -1,0 +1,31 @@
+# The two set-up commands of the README:
+#   make demo [DATA_DIR=path]   environment + install + train and evaluate a robust MNIST model
+#   make test                   environment + install + the test suite
+# The environment is .venv; torch is pinned by constraints.txt (the version CI tests).
+# Use another torch with CONSTRAINTS=your-file, or install advrep into your own environment.
+
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints.txt
+DATA_DIR ?=
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/advrep train --config configs/quickstart-mnist.yaml $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

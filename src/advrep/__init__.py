@@ -1,0 +1,3 @@
+"""advrep: adversarial training that shapes the feature space."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,51 @@
+"""Per-sample attack objectives, each to be *maximized* by the attacker.
+
+Every loss takes fp32 logits ``(B, K)`` and labels ``(B,)`` and returns ``(B,)``, so that
+one sample's gradient never depends on the rest of the batch and restarts can pick the
+strongest example per sample.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (positive once misclassified)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return other - true
+
+
+def kl_to(clean_logits: torch.Tensor) -> AttackLoss:
+    """TRADES' attack objective ``KL(p_clean || p_adv)`` against fixed clean probabilities."""
+    p = F.softmax(clean_logits.detach().float(), dim=1)
+    log_p = F.log_softmax(clean_logits.detach().float(), dim=1)
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (p * (log_p - F.log_softmax(logits, dim=1))).sum(1)
+
+    return loss
+
+
+def targeted(loss: AttackLoss) -> AttackLoss:
+    """Turn an untargeted objective into one that pulls towards the label given as target."""
+    if loss is ce:
+        return lambda logits, t: -ce(logits, t)
+    if loss is cw_margin:
+        return lambda logits, t: -cw_margin(logits, t)  # z_t - max_{j != t} z_j
+    raise ConfigError("targeted attacks support the 'ce' and 'cw' losses")
+
+
+LOSSES = {"ce": ce, "cw": cw_margin}

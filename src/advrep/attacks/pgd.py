@@ -1,0 +1,161 @@
+"""Projected gradient descent (Madry et al., ICLR 2018) and FGSM (Goodfellow et al., 2015).
+
+Threat models: ``Linf`` (signed steps, clip to the eps-box) and ``L2`` (normalized steps,
+projection onto the eps-ball), both intersected with the image box [0, 1].
+
+Losses: ``"ce"``, ``"cw"`` (margin), ``"kl"`` (TRADES: KL to the clean prediction, which is
+computed once), or any callable ``(logits, y) -> (B,)`` to maximize. ``targeted=True``
+reads ``y`` as target classes and descends towards them.
+
+Random start: ``"uniform"`` in the eps-ball, ``"normal"`` (``init_std`` * N(0, 1), TRADES and
+MART use 0.001) or ``None``. With ``restarts > 1`` each sample keeps its strongest example:
+a successful one first, then the one with the highest loss.
+
+The gradient is taken with respect to the input only (``torch.autograd.grad``); parameters are
+frozen while the attack runs and their ``requires_grad`` flags restored afterwards. The
+model's train/eval mode is left as the caller set it (methods choose eval-mode BatchNorm for
+the attack, see ``attack_bn``).
+
+Example::
+
+    x_adv = pgd(model, x, y, eps=8/255, step_size=2/255, steps=10)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Literal, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from .losses import LOSSES, AttackLoss, kl_to, targeted as make_targeted
+
+LossSpec = Union[str, AttackLoss]
+
+
+@contextlib.contextmanager
+def input_grad_only(model: nn.Module):
+    """Freeze the parameters so backward computes input gradients only, then restore."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _flat_norm(delta)).clamp(max=1.0)
+    return (x + delta).clamp(0, 1) - x
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str, kind: Optional[str], init_std: float):
+    if kind is None or kind == "none":
+        return torch.zeros_like(x)
+    if kind == "normal":
+        return init_std * torch.randn_like(x)
+    if kind != "uniform":
+        raise ConfigError(f"unknown random start '{kind}'; use uniform, normal or none")
+    if norm == "Linf":
+        return torch.empty_like(x).uniform_(-eps, eps)
+    # uniform in the L2 ball: a random direction times a radius drawn as eps * U^(1/d)
+    direction = torch.randn_like(x)
+    d = x[0].numel()
+    radius = eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1.0 / d)
+    return direction / _flat_norm(direction) * radius.view(-1, *([1] * (x.dim() - 1)))
+
+
+def _resolve_loss(loss: LossSpec, targeted: bool, model, x, clean_logits) -> AttackLoss:
+    if callable(loss):
+        return loss
+    if loss == "kl":
+        if targeted:
+            raise ConfigError("the 'kl' attack loss has no targeted form")
+        if clean_logits is None:
+            with torch.no_grad():
+                clean_logits = model(x)
+        return kl_to(clean_logits)
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown attack loss '{loss}'; use one of: ce, cw, kl, or a callable")
+    fn = LOSSES[loss]
+    return make_targeted(fn) if targeted else fn
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: Literal["Linf", "L2"] = "Linf",
+    loss: LossSpec = "ce",
+    random_start: Optional[str] = "uniform",
+    init_std: float = 0.001,
+    targeted: bool = False,
+    restarts: int = 1,
+    clean_logits: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Return adversarial examples for ``x`` (same shape, inside the threat model)."""
+    if norm not in ("Linf", "L2"):
+        raise ConfigError(f"unknown norm '{norm}'; use Linf or L2")
+    x = x.detach()
+    loss_fn = _resolve_loss(loss, targeted, model, x, clean_logits)
+    best = best_loss = best_success = None
+    with input_grad_only(model):
+        for _ in range(restarts):
+            delta = _project(_random_start(x, eps, norm, random_start, init_std), x, eps, norm)
+            for _ in range(steps):
+                delta.requires_grad_(True)
+                value = loss_fn(model(x + delta).float(), y).sum()
+                (grad,) = torch.autograd.grad(value, delta)
+                if norm == "Linf":
+                    step = grad.sign()
+                else:
+                    step = grad / _flat_norm(grad)
+                delta = _project(delta.detach() + step_size * step, x, eps, norm)
+            x_adv = x + delta.detach()
+            if restarts == 1:
+                return x_adv
+            with torch.no_grad():
+                logits = model(x_adv).float()
+                cur_loss = loss_fn(logits, y)
+                pred = logits.argmax(1)
+                cur_success = (pred == y) if targeted else (pred != y)
+            if best is None:
+                best, best_loss, best_success = x_adv, cur_loss, cur_success
+                continue
+            better = (cur_success & ~best_success) | ((cur_success == best_success) & (cur_loss > best_loss))
+            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
+            best_loss = torch.where(better, cur_loss, best_loss)
+            best_success = best_success | cur_success
+    return best
+
+
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: Literal["Linf", "L2"] = "Linf",
+    loss: LossSpec = "ce",
+    step_size: Optional[float] = None,
+    random_start: Optional[str] = None,
+    targeted: bool = False,
+) -> torch.Tensor:
+    """One gradient step of size ``step_size`` (default eps); FGSM-RS adds a uniform start."""
+    return pgd(model, x, y, eps=eps, step_size=eps if step_size is None else step_size, steps=1,
+               norm=norm, loss=loss, random_start=random_start, targeted=targeted)

@@ -1,0 +1,154 @@
+"""Checkpoints: safetensors plus a JSON sidecar, written atomically, loaded without pickle.
+
+A checkpoint ``<dir>/<tag>`` is
+- ``<tag>.safetensors``: the model's state dict, exactly (loadable by any safetensors user);
+- ``<tag>.optim.safetensors``: optimizer tensors (only for ``last``, which resume needs);
+- ``<tag>.json``: architecture, head, normalization, method, threat model, the resolved
+  config, library and torch versions, epoch, best validation robust accuracy.
+
+Each file is written to a temporary name and renamed into place, sidecar last; every file
+carries the same random token (safetensors metadata / JSON field), so a set interrupted
+half-way through being replaced is detected on load instead of mixing two epochs.
+
+Random-number state is not stored: the trainer reseeds from ``(seed, epoch)`` at the start of
+every epoch, so the state at an epoch boundary is derived, not saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError
+
+FORMAT = "advrep-checkpoint/1"
+
+
+def _staged(path: Path, write) -> Path:
+    """Write through ``write`` to a temporary sibling of ``path``; return that name."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    return tmp
+
+
+def _tensors(state: dict) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; clone keeps the files independent
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in list(tensors.items()) + list(rest["scalars"].items()):
+        pid, key = flat.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save(directory: str | Path, tag: str, model: torch.nn.Module, meta: dict,
+         optimizer: torch.optim.Optimizer | None = None) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    meta = {"format": FORMAT, **meta, "token": token}
+    files = [(directory / f"{tag}.safetensors",
+              lambda p: save_file(_tensors(model.state_dict()), str(p), metadata={"token": token}))]
+    if optimizer is not None:
+        opt_tensors, opt_rest = _split_optimizer(optimizer.state_dict())
+        meta["optimizer"] = opt_rest
+        files.append((directory / f"{tag}.optim.safetensors",
+                      lambda p: save_file(_tensors(opt_tensors), str(p), metadata={"token": token})))
+    files.append((directory / f"{tag}.json",
+                  lambda p: p.write_text(json.dumps(meta, indent=1, default=str))))
+    staged = [(final, _staged(final, write)) for final, write in files]
+    for final, tmp in staged:
+        os.replace(tmp, final)
+
+
+def read_meta(path: str | Path) -> dict:
+    """The sidecar of ``path`` (a ``.json``, a ``.safetensors`` or the tag's stem)."""
+    sidecar = stem(path).with_suffix(".json")
+    if not sidecar.is_file():
+        raise CheckpointError(f"checkpoint sidecar {sidecar} not found; pass a run directory or "
+                              "a <tag>.safetensors written by advrep (foreign weights: --arch/--weights)")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{sidecar} is not valid JSON ({e.msg}); the checkpoint is damaged") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{sidecar} is not an advrep checkpoint sidecar (format {meta.get('format')!r})")
+    return meta
+
+
+def stem(path: str | Path) -> Path:
+    path = Path(path)
+    for suffix in (".optim.safetensors", ".safetensors", ".json"):
+        if path.name.endswith(suffix):
+            return path.with_name(path.name[: -len(suffix)])
+    return path
+
+
+def _load_tensors(path: Path, token: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            file_token = (f.metadata() or {}).get("token")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}); the checkpoint is damaged") from None
+    if file_token != token:
+        raise CheckpointError(f"{path} does not belong to its sidecar (an interrupted write?); "
+                              "use the other checkpoint (best/last) of the run")
+    return tensors
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
+    """Return ``(model_state, meta, optimizer_state or None)`` of an advrep checkpoint."""
+    base = stem(path)
+    meta = read_meta(base)
+    state = _load_tensors(base.with_name(base.name + ".safetensors"), meta["token"])
+    opt = None
+    if "optimizer" in meta:
+        opt_tensors = _load_tensors(base.with_name(base.name + ".optim.safetensors"), meta["token"])
+        opt = _join_optimizer(opt_tensors, meta["optimizer"])
+    return state, meta, opt
+
+
+def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                       arch: str) -> None:
+    """``load_state_dict`` with one clear line when the weights belong to another network."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs "
+                         f"{tuple(own[k].shape)})")
+        raise CheckpointError(f"weights in {source} do not fit architecture '{arch}': "
+                              f"{'; '.join(parts)}; pass the architecture they were trained with")
+    model.load_state_dict(state)

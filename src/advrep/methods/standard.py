@@ -1,0 +1,24 @@
+"""Standard training: ``CE(f(x), y)`` on clean data, no attack.
+
+Threat model: none during training (the threat section still sets validation and evaluation).
+
+Example::
+
+    advrep train --config configs/standard-mnist-small-cnn.yaml
+"""
+
+from .base import Method, accuracy, ce
+from .registry import register
+
+
+@register("standard")
+class Standard(Method):
+    adversarial = False
+
+    def perturb(self, model, x, y):
+        return x
+
+    def objective(self, model, x, x_adv, y):
+        logits = model(x)
+        loss = ce(logits, y)
+        return loss, {"loss_ce": loss.detach(), "acc": accuracy(logits, y)}

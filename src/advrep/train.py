@@ -1,0 +1,229 @@
+"""The training loop: optimizer, lr schedule, AMP, checkpoint and resume, best-robust selection.
+
+Per step: ``x_adv = method.perturb(model, x, y)``, then ``method.objective`` in train mode,
+backward, optimizer step. Metrics stay on the device and are read once per epoch; a
+non-finite loss is detected from a device-side flag checked every ``SYNC_EVERY`` steps, so
+the loop never waits on the GPU inside an epoch. At each epoch's end: validation (clean
+and PGD on a held-out slice of the *training* set), a row in ``metrics.jsonl``, the ``last``
+checkpoint and, when the validation robust accuracy improves, ``best``.
+
+Determinism: the trainer reseeds torch from ``(seed, epoch)`` at the start of every epoch and
+the loader draws its order from the same pair, so ``--resume`` from the last checkpoint ends
+with the same weights as an uninterrupted run (bit-identical on the CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import __version__, checkpoint, evaluate
+from . import config as config_mod
+from . import methods
+from .config import Config, TrainConfig
+from .data.loader import DeviceLoader, epoch_seed
+from .errors import ConfigError, TrainingError
+from .factory import build_model, load_data, normalization, resolve_device, split_validation
+
+SYNC_EVERY = 50  # steps between host reads of the non-finite-loss flag
+
+
+def lr_at(cfg: TrainConfig, epoch: int, frac: float) -> float:
+    """Learning rate at ``epoch + frac`` (``frac`` in [0, 1) within the epoch)."""
+    t = epoch + frac
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "piecewise":  # milestones <= 1 are fractions of training, else epochs
+        bounds = [m * cfg.epochs if m <= 1 else m for m in cfg.milestones]
+        return cfg.lr * cfg.gamma ** sum(epoch >= round(b) for b in bounds)
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / cfg.epochs))
+    peak = cfg.peak_epoch * cfg.epochs  # cyclic: 0 -> lr at the peak -> 0 at the end
+    return cfg.lr * (t / peak if t < peak else max(0.0, (cfg.epochs - t) / (cfg.epochs - peak)))
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _amp_context(cfg: TrainConfig, device: torch.device):
+    use = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 log=print):
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.log = log
+        self.device = resolve_device(cfg.device)
+        self.splits = load_data(cfg.data, progress=progress)
+        cfg = config_mod.resolve(cfg, self.splits.info)
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, self.splits.info).to(self.device)
+        self.channels_last = cfg.train.channels_last == "on" or (
+            cfg.train.channels_last == "auto" and self.device.type == "cuda")
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.method = methods.create(cfg.method["name"], **self._method_args(cfg))
+        if self.method.head and cfg.model.head != self.method.head:
+            raise ConfigError(f"method '{self.method.name}' needs model.head={self.method.head}, "
+                              f"got '{cfg.model.head}'")
+        self.optimizer = build_optimizer(cfg.train, self.model)
+        for module in self.model.modules():  # heads that keep their rows on a sphere
+            if hasattr(module, "project_"):
+                self.optimizer.register_step_post_hook(lambda *_, m=module: m.project_())
+        (x_tr, y_tr), (self.x_val, self.y_val) = split_validation(
+            self.splits.x_train, self.splits.y_train, cfg.data.val_size, cfg.data.split_seed)
+        if cfg.data.train_subset is not None:
+            x_tr, y_tr = x_tr[:cfg.data.train_subset], y_tr[:cfg.data.train_subset]
+        self.loader = DeviceLoader(x_tr, y_tr, cfg.train.batch_size, device=self.device, shuffle=True,
+                                   augment=cfg.data.augment, seed=cfg.seed,
+                                   channels_last=self.channels_last)
+        self.start_epoch, self.best = 0, -1.0
+        if resume:
+            self._resume()
+        else:
+            self._start()
+
+    @staticmethod
+    def _method_args(cfg: Config) -> dict:
+        hp = {k: v for k, v in cfg.method.items() if k != "name"}
+        return {**hp, **{k: getattr(cfg.threat, k) for k in config_mod.THREAT_FIELDS}}
+
+    # ------------------------------------------------------------------ run directory
+
+    def _start(self) -> None:
+        if (self.run_dir / "last.json").exists():
+            raise ConfigError(f"{self.run_dir} already holds a run; continue it with "
+                              f"`advrep train --resume {self.run_dir}` or choose another --out")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_mod.save(self.cfg, self.run_dir / "config.yaml")
+        (self.run_dir / "metrics.jsonl").write_text("")
+
+    def _resume(self) -> None:
+        state, meta, opt_state = checkpoint.load(self.run_dir / "last")
+        checkpoint.load_state_checked(self.model, state, str(self.run_dir / "last.safetensors"),
+                                      self.cfg.model.arch)
+        if meta["config"]["train"]["optimizer"] != self.cfg.train.optimizer:
+            raise ConfigError(f"{self.run_dir} was trained with {meta['config']['train']['optimizer']}; its "
+                              f"optimizer state cannot continue as {self.cfg.train.optimizer}")
+        self.optimizer.load_state_dict(opt_state)
+        for group in self.optimizer.param_groups:  # the config's hyperparameters win over the saved ones
+            group.update(self.optimizer.defaults)
+        self.start_epoch, self.best = meta["epoch"], meta["best_val_robust"]
+        config_mod.save(self.cfg, self.run_dir / "config.yaml")
+        # drop rows of epochs the checkpoint does not include (a crash after logging)
+        path = self.run_dir / "metrics.jsonl"
+        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["epoch"] <= self.start_epoch]
+        path.write_text("".join(r + "\n" for r in rows))
+
+    def _meta(self, epoch: int) -> dict:
+        c = self.cfg
+        return {
+            "arch": c.model.arch, "head": c.model.head, "head_args": c.model.head_args,
+            "num_classes": self.splits.info.num_classes, "in_channels": self.splits.info.channels,
+            "image_size": self.splits.info.image_size, "normalization": c.model.normalization,
+            "normalization_values": normalization(c.model.normalization, self.splits.info),
+            "dataset": self.splits.info.name, "method": c.method["name"],
+            "threat": dataclasses.asdict(c.threat), "config": c.to_dict(), "epoch": epoch,
+            "best_val_robust": self.best, "advrep_version": __version__, "torch_version": torch.__version__,
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    def _set_eps(self, epoch: int, frac: float) -> None:
+        """Ramp the training eps (and step) linearly over ``eps_warmup_epochs``; MNIST-scale eps
+        from the first step can leave a fresh network stuck at chance."""
+        warm = self.cfg.train.eps_warmup_epochs
+        if warm:
+            scale = min(1.0, (epoch + frac) / warm)
+            self.method.cfg = dataclasses.replace(self.method.cfg, eps=self.cfg.threat.eps * scale,
+                                                  step_size=self.cfg.threat.step_size * scale)
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, model, opt = self.cfg, self.model, self.optimizer
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
+        self.loader.set_epoch(epoch)
+        model.train()
+        n = len(self.loader)
+        sums: dict[str, torch.Tensor] = {}
+        bad_step = torch.tensor(-1, device=self.device)
+        bar = tqdm(self.loader, total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not self.progress, leave=False)
+        for step, (x, y) in enumerate(bar):
+            lr = lr_at(cfg.train, epoch, step / n)
+            self._set_eps(epoch, (step + 1) / n)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with _amp_context(cfg.train, self.device):
+                x_adv = self.method.perturb(model, x, y)
+                model.train()
+                loss, metrics = self.method.objective(model, x, x_adv, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            finite = torch.isfinite(loss.detach())
+            bad_step = torch.where((bad_step < 0) & ~finite, torch.tensor(step, device=self.device), bad_step)
+            for key, value in {"loss": loss.detach(), **metrics}.items():
+                sums[key] = sums.get(key, 0) + value.float()
+            if (step + 1) % SYNC_EVERY == 0 or step + 1 == n:
+                if int(bad_step) >= 0:
+                    raise TrainingError(
+                        f"loss became NaN or infinite at epoch {epoch + 1}, step {int(bad_step) + 1}; "
+                        f"stopped, the last good checkpoint in {self.run_dir} is kept "
+                        "(lower train.lr or check the data)")
+        return {k: float(v) / n for k, v in sums.items()}
+
+    def validate(self) -> dict:
+        c = self.cfg
+        ev = dataclasses.replace(c.eval, attacks=["pgd"], pgd_steps=c.train.val_steps,
+                                 pgd_step_size=c.threat.step_size, pgd_restarts=1, n=None)
+        masks = evaluate.correctness(self.model, self.x_val, self.y_val, c.threat, ev, self.device,
+                                     progress=False)
+        return {"val_clean": masks["clean"].float().mean().item(),
+                "val_robust": masks["pgd"].float().mean().item()}
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        stop = cfg.train.epochs if cfg.train.stop_after is None else min(
+            cfg.train.epochs, self.start_epoch + cfg.train.stop_after)
+        t_start = time.time()
+        for epoch in range(self.start_epoch, stop):
+            t0 = time.time()
+            row = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, 0.0)}
+            row.update(self.train_epoch(epoch))
+            row["eps"] = self.method.cfg.eps
+            row["train_time_s"] = round(time.time() - t0, 2)
+            if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+                row.update(self.validate())
+            improved = row.get("val_robust", -1.0) > self.best
+            if improved:
+                self.best = row["val_robust"]
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            checkpoint.save(self.run_dir, "last", self.model, self._meta(epoch + 1), self.optimizer)
+            if improved:
+                checkpoint.save(self.run_dir, "best", self.model, self._meta(epoch + 1))
+            self.log(_epoch_line(row, cfg.train.epochs))
+        finished = stop == cfg.train.epochs
+        return {"epochs_run": stop - self.start_epoch, "finished": finished,
+                "time_s": round(time.time() - t_start, 1), "best_val_robust": self.best}
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    text = f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  lr {row['lr']:.3g}"
+    if "val_clean" in row:
+        text += f"  val clean {100 * row['val_clean']:.2f}%  val robust {100 * row['val_robust']:.2f}%"
+    return text + f"  ({row['train_time_s']:.1f}s)"
