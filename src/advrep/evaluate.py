@@ -61,7 +61,7 @@ def correctness(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatConfig, e
     out: dict[str, list[torch.Tensor]] = {name: [] for name in ("clean", *ev.attacks)}
     batches = range(0, len(x), ev.batch_size)
     try:
-        for start in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for start in tqdm(batches, desc=desc, disable=None if progress else True, leave=False):
             xb = x[start:start + ev.batch_size].to(device).float().div(255)
             yb = y[start:start + ev.batch_size].to(device)
             with torch.no_grad():

@@ -161,7 +161,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         bad_step = torch.tensor(-1, device=self.device)
         bar = tqdm(self.loader, total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not self.progress, leave=False)
+                   disable=None if self.progress else True, leave=False)
         for step, (x, y) in enumerate(bar):
             lr = lr_at(cfg.train, epoch, step / n)
             self._set_eps(epoch, (step + 1) / n)
