@@ -187,3 +187,12 @@ def test_module_entry_point_lists_the_registries():
     for name in ("mnist", "cifar10", "small-cnn", "wrn-34-10", "prototype", "pgd-at", "trades", "standard"):
         assert name in out
     assert np.all([line.split(":")[0] in ("datasets", "models", "heads", "methods") for line in out.splitlines()])
+
+
+def test_cosine_head_rows_stay_on_the_sphere_and_no_validation_means_best_is_last(tmp_path, shared):
+    run = tmp_path / "run"
+    assert train("--data-dir", shared("mnist"), "--out", run, *TINY, "--model.head=cosine",
+                 "--model.head_args={scale: 8}", "--data.val_size=0", "--train.epochs=1") == 0
+    w = tensors(run / "last.safetensors")["classifier.fc3.weight"]
+    assert torch.allclose(w.norm(dim=1), torch.ones(10), atol=1e-6)
+    assert json.loads((run / "best.json").read_text())["epoch"] == 1

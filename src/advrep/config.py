@@ -37,7 +37,7 @@ class DataConfig:
     dataset: str = "cifar10"
     data_dir: Optional[str] = None  # a local copy (official or npz layout); None = cache + download
     download: bool = True
-    val_size: int = 1000  # held-out slice of the training set for best-checkpoint selection
+    val_size: int = 1000  # held-out training images for best-checkpoint selection (0: best = last)
     split_seed: int = 0  # fixes which training images form the validation slice
     augment: Optional[Literal["none", "crop", "flip", "crop-flip"]] = None  # auto: dataset's default
     train_subset: Optional[int] = None  # train on the first N remaining images (quick runs)
