@@ -9,6 +9,7 @@ from torch import nn
 
 from .base import MODELS, Classifier, Normalization
 from .heads import build_head
+from .resnet import add_stages
 
 
 class PreActBlock(nn.Module):
@@ -53,11 +54,7 @@ class PreActResNet18(Classifier):
     ):
         super().__init__(num_classes, in_channels, normalization)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        in_planes = 64
-        for index, (planes, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], 1):
-            blocks = [PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)]
-            setattr(self, f"layer{index}", nn.Sequential(*blocks))
-            in_planes = planes
+        add_stages(self, PreActBlock)
         self.bn = nn.BatchNorm2d(512)
         self.feature_dim = 512
         self.linear = build_head(head, self.feature_dim, num_classes, **head_kwargs)

@@ -31,6 +31,15 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def add_stages(net: nn.Module, block) -> None:
+    """The four two-block stages ``layer1..layer4`` (64, 128, 256, 512 channels; strides
+    1, 2, 2, 2) that ResNet-18 and PreAct ResNet-18 share, built from ``block``."""
+    in_planes = 64
+    for index, (planes, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], 1):
+        setattr(net, f"layer{index}", nn.Sequential(block(in_planes, planes, stride), block(planes, planes, 1)))
+        in_planes = planes
+
+
 @MODELS.register("resnet18")
 class ResNet18(Classifier):
     """ResNet-18 with a 3x3 stride-1 stem for 32x32 images; features are 512-d.
@@ -53,11 +62,7 @@ class ResNet18(Classifier):
         super().__init__(num_classes, in_channels, normalization)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        in_planes = 64
-        for index, (planes, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], 1):
-            blocks = [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
-            setattr(self, f"layer{index}", nn.Sequential(*blocks))
-            in_planes = planes
+        add_stages(self, BasicBlock)
         self.feature_dim = 512
         self.linear = build_head(head, self.feature_dim, num_classes, **head_kwargs)
 
