@@ -64,6 +64,7 @@ def test_resolve_fills_the_dataset_threat_model():
     assert (m.threat.eps, m.threat.step_size, m.threat.steps) == (0.3, 0.01, 40)
     assert (m.eval.pgd_steps, m.eval.pgd_step_size) == (40, 0.01)
     assert m.model.normalization == "none" and m.data.augment == "none" and m.train.val_steps == 40
+    assert m.model.head == "linear", "auto head: the method's, else linear"
     c = config.resolve(config.load(None, ["--threat.eps=4/255"]), CIFAR)
     assert c.threat.eps == pytest.approx(4 / 255) and c.threat.steps == 10
     assert c.eval.pgd_step_size == pytest.approx(1 / 255), "the eval step scales with eps"

@@ -230,3 +230,21 @@ def test_bf16_autocast_runs_forward_and_backward(arch, head):
     loss.backward()
     assert torch.isfinite(loss) and features.shape == (2, model.feature_dim)
     assert all(p.grad is not None for p in model.head.parameters())
+
+
+@pytest.mark.parametrize("name,stages", [
+    ("resnet18", ["layer1", "layer2", "layer3", "layer4"]),
+    ("preact-resnet18", ["layer1", "layer2", "layer3", "layer4"]),
+    ("wrn-28-10", ["block1", "block2", "block3"]),
+    ("small-cnn", ["feature_extractor.maxpool1", "feature_extractor.maxpool2", "classifier.relu1"]),
+])
+def test_forward_stages_returns_every_stage_then_features_and_logits(name, stages):
+    torch.manual_seed(0)
+    model = create(name).eval()
+    x = torch.rand(2, 3, 32, 32)
+    out = model.forward_stages(x)
+    assert list(out) == [*stages, "features", "logits"]
+    h, logits = model.forward_features(x)
+    assert torch.allclose(out["features"], h) and torch.allclose(out["logits"], logits)
+    assert all(v.shape[0] == 2 for v in out.values())
+    assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules()), "hooks removed"

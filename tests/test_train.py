@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from advrep.cli import main
+from advrep.methods import METHODS
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart-mnist.yaml")
 # The same budget for both models: the quickstart recipe (2 epochs, 5-step PGD in training)
@@ -196,3 +197,23 @@ def test_cosine_head_rows_stay_on_the_sphere_and_no_validation_means_best_is_las
     w = tensors(run / "last.safetensors")["classifier.fc3.weight"]
     assert torch.allclose(w.norm(dim=1), torch.ones(10), atol=1e-6)
     assert json.loads((run / "best.json").read_text())["epoch"] == 1
+
+
+# ------------------------------------------------------------------- every method trains
+
+# Short runs on real MNIST, with eps 0.1 so that a few dozen steps visibly lower the loss.
+FEW_STEPS = ["--data.train_subset=512", "--data.val_size=128", "--train.epochs=3", "--train.eps_warmup_epochs=0",
+             "--threat.eps=0.1", "--threat.step_size=0.05", "--threat.steps=3", "--train.val_steps=3",
+             "--train.milestones=[0.9]", "--eval.n=100", "--eval.attacks=[pgd]", "--eval.pgd_steps=5"]
+
+
+@pytest.mark.parametrize("method", [*METHODS.names(), "trades+lp"])
+def test_every_method_trains_on_real_mnist(tmp_path, shared, method):
+    run = tmp_path / "run"
+    assert train("--data-dir", shared("mnist"), "--out", run, f"--method={method}", *FEW_STEPS) == 0
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"], f"{method}: loss did not decrease: {[r['loss'] for r in rows]}"
+    for name in ("config.yaml", "last.safetensors", "last.optim.safetensors", "last.json", "best.safetensors",
+                 "best.json", "report.json", "report.md"):
+        assert (run / name).is_file(), name
+    assert report(run)["method"] == method

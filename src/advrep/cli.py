@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -36,7 +35,8 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 
 def _free_run_dir(cfg: config_mod.Config) -> Path:
-    base = Path(cfg.out_dir) / cfg.name
+    """``out_dir/<run name>``, with ``-2``, ``-3``, ... appended while that is taken."""
+    base = Path(cfg.out_dir) / config_mod.run_name(cfg)
     path, k = base, 1
     while (path / "last.json").exists() or (path / "config.yaml").exists():
         k += 1
@@ -48,7 +48,6 @@ def _free_run_dir(cfg: config_mod.Config) -> Path:
 
 
 def cmd_train(args, extra) -> int:
-    from . import data
     from .train import Trainer
 
     overrides = _overrides(args, extra)
@@ -64,11 +63,7 @@ def cmd_train(args, extra) -> int:
         if args.out:
             run_dir = Path(args.out)
         else:
-            info = data.info(cfg.data.dataset) if cfg.data.dataset != "npz" else None
-            named = cfg if cfg.name or info is None else dataclasses.replace(
-                cfg, name=config_mod.resolve(cfg, info).name)
-            run_dir = _free_run_dir(named if named.name else dataclasses.replace(
-                named, name=f"{cfg.method['name']}-npz-{cfg.model.arch}"))
+            run_dir = _free_run_dir(cfg)
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
     print(f"run directory: {run_dir}")
     print(f"training {trainer.cfg.model.arch} on {trainer.splits.info.name} ({len(trainer.loader.x)} images, "
@@ -98,14 +93,16 @@ def evaluate_checkpoint(ckpt: Path, cfg, splits, device, out_dir: Path, progress
                         model=None, meta: dict | None = None) -> dict:
     from .evaluate import evaluate, write_report
     from .factory import model_from_checkpoint
+    from .methods import readouts_of
 
     if model is None:
         model, meta = model_from_checkpoint(ckpt, device)
     cfg = config_mod.resolve(cfg, splits.info)
     context = {"architecture": meta["arch"], "dataset": splits.info.name, "method": meta.get("method"),
                "checkpoint": str(ckpt), "epoch": meta.get("epoch")}
+    names = [*(readouts_of(meta["method"]) if meta.get("method") else ()), *cfg.eval.readouts]
     report = evaluate(model, splits.x_test, splits.y_test, threat=cfg.threat, ev=cfg.eval, device=device,
-                      progress=progress, context=context)
+                      progress=progress, context=context, readout_names=list(dict.fromkeys(names)))
     write_report(out_dir, report)
     return report
 
@@ -202,8 +199,16 @@ def cmd_list(args, extra) -> int:
     from . import data, methods, models
 
     what = args.what or "all"
+    if args.markdown:
+        if what != "methods":
+            raise ConfigError("--markdown is available for `advrep list methods`")
+        from .docs import methods_markdown
+
+        print(methods_markdown(), end="")
+        return 0
     tables = {"datasets": data.DATASETS.names(), "models": models.MODELS.names(),
-              "heads": models.HEADS.names(), "methods": methods.METHODS.names()}
+              "heads": models.HEADS.names(), "methods": methods.METHODS.names(),
+              "terms": methods.TERMS.names()}
     for name, items in tables.items():
         if what in ("all", name):
             print(f"{name}: {', '.join(items)}")
@@ -243,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("list", help="registered datasets, models, heads and methods")
-    p.add_argument("what", nargs="?", choices=["datasets", "models", "heads", "methods"])
+    p = sub.add_parser("list", help="registered datasets, models, heads, methods and add-on terms")
+    p.add_argument("what", nargs="?", choices=["datasets", "models", "heads", "methods", "terms"])
+    p.add_argument("--markdown", action="store_true", help="methods: the docs/methods.md table")
     p.set_defaults(func=cmd_list)
     return parser
 

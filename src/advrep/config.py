@@ -46,7 +46,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "resnet18"
-    head: str = "linear"
+    head: Optional[str] = None  # auto: the head the method needs, else linear
     head_args: dict = field(default_factory=dict)
     # auto: the dataset's mean/std for CIFAR-like data, none for MNIST-like; or "none",
     # "dataset", or a dataset name whose statistics to use.
@@ -78,6 +78,7 @@ class TrainConfig:
     val_every: int = 1
     val_steps: Optional[int] = None  # PGD steps on the validation slice; auto: threat.steps
     stop_after: Optional[int] = None  # end this invocation after N epochs (resume later)
+    readouts: list[str] = field(default_factory=list)  # per-epoch read-outs beyond the method's own
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
     channels_last: Literal["auto", "on", "off"] = "auto"
 
@@ -91,6 +92,7 @@ class EvalConfig:
     pgd_step_size: Optional[float] = None  # auto: 2/255, 0.01
     pgd_restarts: int = 1
     cw_steps: int = 30
+    readouts: list[str] = field(default_factory=list)  # report read-outs beyond the method's own
     checkpoint: Literal["best", "last"] = "best"
     after_train: bool = True  # `advrep train` evaluates the chosen checkpoint at the end
 
@@ -105,6 +107,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
     method: dict = field(default_factory=lambda: {"name": "pgd-at"})
+    terms: dict = field(default_factory=dict)  # add-on term settings of a `base+term` method
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -264,7 +267,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def from_dict(tree: dict) -> Config:
     """Build and validate a Config from a (possibly partial) nested mapping."""
-    from . import methods  # late import: methods import config for `build`
+    from . import methods, readouts  # late imports: both import this module
 
     base = Config()
     tree = dict(tree)
@@ -276,9 +279,13 @@ def from_dict(tree: dict) -> Config:
         method = {"name": method}
     if not isinstance(method, dict):
         raise ConfigError(f"'method' must be a method name or a mapping, got {method!r}")
-    method = methods.validate_section({**base.method, **method})
-    top = build(Config, {k: v for k, v in tree.items()}, "")
-    return dataclasses.replace(top, method=method, **sections)
+    for name in (*sections["train"].readouts, *sections["eval"].readouts):
+        readouts.READOUTS.get(name)
+    method, terms = methods.validate_section({**base.method, **method}, tree.pop("terms", None) or {})
+    methods.create(method["name"], terms=terms, **{k: v for k, v in method.items() if k != "name"}
+                   ).check_model(sections["model"])  # a head the method needs: fail at start-up
+    top = build(Config, tree, "")
+    return dataclasses.replace(top, method=method, terms=terms, **sections)
 
 
 def load(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
@@ -297,6 +304,11 @@ def save(cfg: Config, path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------ dataset-dependent autos
+
+
+def run_name(cfg: Config) -> str:
+    """``name``, or ``<method>-<dataset>-<arch>`` when none is set."""
+    return cfg.name or "-".join([cfg.method["name"], cfg.data.dataset, cfg.model.arch])
 
 
 def resolve(cfg: Config, info) -> Config:
@@ -324,9 +336,11 @@ def resolve(cfg: Config, info) -> Config:
         pgd_step_size=eval_step,
     )
     data = dataclasses.replace(cfg.data, augment=cfg.data.augment or info.augment)
+    from . import methods
+
     model = dataclasses.replace(cfg.model, normalization=cfg.model.normalization
-                                or ("dataset" if info.family == "cifar" else "none"))
+                                or ("dataset" if info.family == "cifar" else "none"),
+                                head=cfg.model.head or methods.head_of(cfg.method["name"]) or "linear")
     train = dataclasses.replace(
         cfg.train, val_steps=threat.steps if cfg.train.val_steps is None else cfg.train.val_steps)
-    name = cfg.name or "-".join([cfg.method["name"], info.name, cfg.model.arch])
-    return dataclasses.replace(cfg, name=name, threat=threat, eval=ev, data=data, model=model, train=train)
+    return dataclasses.replace(cfg, name=run_name(cfg), threat=threat, eval=ev, data=data, model=model, train=train)

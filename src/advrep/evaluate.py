@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__, attacks
+from . import __version__, attacks, readouts
 from .config import EvalConfig, ThreatConfig
 from .errors import ConfigError
+from .readouts import Probe
 
 ATTACKS = ("fgsm", "pgd", "cw")
 
@@ -51,14 +52,17 @@ def run_attack(name: str, model, x, y, threat: ThreatConfig, ev: EvalConfig) -> 
 
 
 def correctness(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatConfig, ev: EvalConfig,
-                device, progress: bool = True, desc: str = "eval") -> dict[str, torch.Tensor]:
-    """Per-sample correctness (bool, CPU) for clean data and each attack in ``ev.attacks``."""
+                device, progress: bool = True, desc: str = "eval",
+                keep: str | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Per-sample correctness (bool, CPU) for clean data and each attack in ``ev.attacks``, and
+    the adversarial examples of the attack named ``keep`` (on ``device``), if any."""
     for name in ev.attacks:
         if name not in ATTACKS:
             raise ConfigError(f"unknown evaluation attack '{name}'; choose from: {', '.join(ATTACKS)}")
     was_training = model.training
     model.eval()
     out: dict[str, list[torch.Tensor]] = {name: [] for name in ("clean", *ev.attacks)}
+    kept: list[torch.Tensor] = []
     batches = range(0, len(x), ev.batch_size)
     try:
         for start in tqdm(batches, desc=desc, disable=None if progress else True, leave=False):
@@ -69,11 +73,13 @@ def correctness(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatConfig, e
             out["clean"].append(clean.cpu())
             for name in ev.attacks:
                 x_adv = run_attack(name, model, xb, yb, threat, ev)
+                if name == keep:
+                    kept.append(x_adv)
                 with torch.no_grad():
                     out[name].append((clean & (model(x_adv).argmax(1) == yb)).cpu())
     finally:
         model.train(was_training)
-    return {name: torch.cat(parts) for name, parts in out.items()}
+    return {name: torch.cat(parts) for name, parts in out.items()}, (torch.cat(kept) if kept else None)
 
 
 def summarize(masks: dict[str, torch.Tensor], ev: EvalConfig) -> dict[str, dict]:
@@ -91,15 +97,22 @@ def _row(label: str, mask: torch.Tensor) -> dict:
 
 
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, ev: EvalConfig,
-             device, progress: bool = True, context: dict | None = None) -> dict:
-    """Run the evaluation on the first ``ev.n`` images of (uint8 ``x``, ``y``); return the report."""
+             device, progress: bool = True, context: dict | None = None, readout_names=()) -> dict:
+    """Run the evaluation on the first ``ev.n`` images of (uint8 ``x``, ``y``); return the report.
+
+    ``readout_names`` run on the same images, reusing the evaluation's PGD examples."""
     if ev.n is not None:
         if ev.n <= 0:
             raise ConfigError(f"eval.n must be positive, got {ev.n}")
         x, y = x[:ev.n], y[:ev.n]
     t0 = time.time()
-    masks = correctness(model, x, y, threat, ev, device, progress)
+    masks, x_pgd = correctness(model, x, y, threat, ev, device, progress, keep="pgd" if readout_names else None)
     rows = summarize(masks, ev)
+    extra = {}
+    if readout_names:
+        probe = Probe(model, x, y, norm=threat.norm, eps=threat.eps, step_size=ev.pgd_step_size,
+                      steps=ev.pgd_steps, device=device, batch_size=ev.batch_size, x_adv=x_pgd)
+        extra["readouts"] = readouts.run(readout_names, probe)
     report = {
         **(context or {}),
         "clean_acc": rows["clean"]["acc"],
@@ -113,6 +126,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
         "torch_version": torch.__version__,
         "device": str(device),
         "time_s": round(time.time() - t0, 2),
+        **extra,
     }
     return report
 
@@ -141,4 +155,13 @@ def write_report(directory: str | Path, report: dict) -> None:
         body.append(f"| {row['label']} | {100 * row['acc']:.2f}% | {100 * lo:.1f}–{100 * hi:.1f}% | {row['n']} |")
     facts = [f"- {k}: {report[k]}" for k in ("dataset", "checkpoint", "threat_model", "eps", "device",
                                              "advrep_version", "torch_version", "time_s") if k in report]
-    (directory / "report.md").write_text("\n".join([title, "", *body, "", *facts, ""]))
+    notes = []
+    for name, values in report.get("readouts", {}).items():
+        notes += [f"- {name}: " + ", ".join(f"{k} = {_short(v)}" for k, v in values.items())]
+    if notes:
+        notes = ["", "## Read-outs", "", *notes]
+    (directory / "report.md").write_text("\n".join([title, "", *body, "", *facts, *notes, ""]))
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

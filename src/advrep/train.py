@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__, checkpoint, evaluate
+from . import __version__, checkpoint, readouts
 from . import config as config_mod
 from . import methods
 from .config import Config, TrainConfig
 from .data.loader import DeviceLoader, epoch_seed
 from .errors import ConfigError, TrainingError
 from .factory import build_model, load_data, normalization, resolve_device, split_validation
+from .readouts import Probe
 
 SYNC_EVERY = 50  # steps between host reads of the non-finite-loss flag
 
@@ -70,16 +71,14 @@ class Trainer:
         self.splits = load_data(cfg.data, progress=progress)
         cfg = config_mod.resolve(cfg, self.splits.info)
         self.cfg = cfg
+        self.method = methods.create(cfg.method["name"], terms=cfg.terms, **self._method_args(cfg))
+        self.method.check_model(cfg.model)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, self.splits.info).to(self.device)
         self.channels_last = cfg.train.channels_last == "on" or (
             cfg.train.channels_last == "auto" and self.device.type == "cuda")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.method = methods.create(cfg.method["name"], **self._method_args(cfg))
-        if self.method.head and cfg.model.head != self.method.head:
-            raise ConfigError(f"method '{self.method.name}' needs model.head={self.method.head}, "
-                              f"got '{cfg.model.head}'")
         self.optimizer = build_optimizer(cfg.train, self.model)
         for module in self.model.modules():  # heads that keep their rows on a sphere
             if hasattr(module, "project_"):
@@ -187,16 +186,20 @@ class Trainer:
         return {k: float(v) / n for k, v in sums.items()}
 
     def validate(self) -> dict:
-        """Clean and PGD accuracy on the held-out slice ({} when ``data.val_size`` is 0)."""
+        """Clean and PGD accuracy on the held-out slice, and the read-outs, from one probe
+        ({} when ``data.val_size`` is 0)."""
         c = self.cfg
         if len(self.x_val) == 0:
             return {}
-        ev = dataclasses.replace(c.eval, attacks=["pgd"], pgd_steps=c.train.val_steps,
-                                 pgd_step_size=c.threat.step_size, pgd_restarts=1, n=None)
-        masks = evaluate.correctness(self.model, self.x_val, self.y_val, c.threat, ev, self.device,
-                                     progress=False)
-        return {"val_clean": masks["clean"].float().mean().item(),
-                "val_robust": masks["pgd"].float().mean().item()}
+        probe = Probe(self.model, self.x_val, self.y_val, norm=c.threat.norm, eps=c.threat.eps,
+                      step_size=c.threat.step_size, steps=c.train.val_steps, device=self.device,
+                      batch_size=c.eval.batch_size)
+        acc = probe.accuracies()
+        row = {"val_clean": acc["clean"], "val_robust": acc["robust"]}
+        names = list(dict.fromkeys([*self.method.readouts, *c.train.readouts]))
+        if names:
+            row["readouts"] = readouts.run(names, probe)
+        return row
 
     def fit(self) -> dict:
         cfg = self.cfg

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..tensors import fp32
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -30,8 +31,8 @@ def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def kl_to(clean_logits: torch.Tensor) -> AttackLoss:
     """TRADES' attack objective ``KL(p_clean || p_adv)`` against fixed clean probabilities."""
-    p = F.softmax(clean_logits.detach().float(), dim=1)
-    log_p = F.log_softmax(clean_logits.detach().float(), dim=1)
+    p = F.softmax(fp32(clean_logits.detach()), dim=1)
+    log_p = F.log_softmax(fp32(clean_logits.detach()), dim=1)
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (p * (log_p - F.log_softmax(logits, dim=1))).sum(1)

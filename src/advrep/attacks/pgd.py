@@ -24,12 +24,13 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..tensors import fp32
 from .losses import LOSSES, AttackLoss, kl_to, targeted as make_targeted
 
 LossSpec = Union[str, AttackLoss]
@@ -119,7 +120,7 @@ def pgd(
             delta = _project(_random_start(x, eps, norm, random_start, init_std), x, eps, norm)
             for _ in range(steps):
                 delta.requires_grad_(True)
-                value = loss_fn(model(x + delta).float(), y).sum()
+                value = loss_fn(fp32(model(x + delta)), y).sum()
                 (grad,) = torch.autograd.grad(value, delta)
                 if norm == "Linf":
                     step = grad.sign()
@@ -130,7 +131,7 @@ def pgd(
             if restarts == 1:
                 return x_adv
             with torch.no_grad():
-                logits = model(x_adv).float()
+                logits = fp32(model(x_adv))
                 cur_loss = loss_fn(logits, y)
                 pred = logits.argmax(1)
                 cur_success = (pred == y) if targeted else (pred != y)

@@ -14,11 +14,12 @@ from .registry import register
 @register("standard")
 class Standard(Method):
     adversarial = False
+    formula = "CE(f, y)"
+    source = "standard empirical risk minimization (no attack)"
 
     def perturb(self, model, x, y):
         return x
 
-    def objective(self, model, x, x_adv, y):
-        logits = model(x)
-        loss = ce(logits, y)
-        return loss, {"loss_ce": loss.detach(), "acc": accuracy(logits, y)}
+    def loss(self, p, y):
+        loss = ce(p.logits, y)
+        return loss, {"loss_ce": loss.detach(), "acc": accuracy(p.logits, y)}

@@ -6,6 +6,7 @@ probabilities ``p`` computed once (the original recomputes them each step in eva
 which gives the same values).
 Loss: ``CE(f, y) + β·(1/B)·Σ_i KL(p_i || p'_i)``, nothing detached.
 Defaults: β = 6; threat model as for pgd-at; BatchNorm in eval mode during the attack.
+Takes add-on terms (``trades+lp``).
 
 Example::
 
@@ -28,17 +29,18 @@ class TradesConfig(MethodConfig):
 @register("trades")
 class Trades(Method):
     Config = TradesConfig
+    base = True
+    formula = "CE(f, y) + β·(1/B)·Σ_i KL(p_i ‖ p'_i); attack: PGD on KL(sg(p) ‖ p') from x + 0.001·N(0,1)"
+    source = "Zhang et al., ICML 2019 (arXiv 1901.08573), official code"
 
     def perturb(self, model, x, y):
         with bn_mode(model, self.cfg.attack_bn), torch.no_grad():
             clean_logits = model(x)
         return self.attack(model, x, y, loss="kl", random_start="normal", clean_logits=clean_logits)
 
-    def objective(self, model, x, x_adv, y):
-        logits = model(x)
-        logits_adv = model(x_adv)
-        loss_nat = ce(logits, y)
-        loss_rob = kl_batchmean(logits, logits_adv)
+    def loss(self, p, y):
+        loss_nat = ce(p.logits, y)
+        loss_rob = kl_batchmean(p.logits, p.logits_adv)
         loss = loss_nat + self.cfg.beta * loss_rob
         return loss, {"loss_ce": loss_nat.detach(), "loss_kl": loss_rob.detach(),
-                      "acc": accuracy(logits, y), "acc_adv": accuracy(logits_adv, y)}
+                      "acc": accuracy(p.logits, y), "acc_adv": accuracy(p.logits_adv, y)}

@@ -70,6 +70,8 @@ class Classifier(nn.Module):
 
     head_path: str
     feature_dim: int
+    # modules whose outputs are the network's stages, in order (for per-stage read-outs)
+    stage_paths: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, in_channels: int, normalization: Normalization):
         super().__init__()
@@ -97,3 +99,16 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[1]
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output of every stage in ``stage_paths``, then ``features`` and ``logits``, from
+        one pass (forward hooks, so the architectures' forward code stays single)."""
+        outputs: dict[str, torch.Tensor] = {}
+        handles = [self.get_submodule(path).register_forward_hook(
+            lambda _m, _i, out, path=path: outputs.__setitem__(path, out)) for path in self.stage_paths]
+        try:
+            h, logits = self.forward_features(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {**outputs, "features": h, "logits": logits}

@@ -42,6 +42,7 @@ class PreActResNet18(Classifier):
     """
 
     head_path = "linear"
+    stage_paths = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ class SmallCNN(Classifier):
     (4x4 maps for 28x28 MNIST, 5x5 for 32x32); features are the 200-d output of fc2+ReLU."""
 
     head_path = "classifier.fc3"
+    stage_paths = ("feature_extractor.maxpool1", "feature_extractor.maxpool2", "classifier.relu1")
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ class WideResNet(Classifier):
     """WRN-depth-widen: three groups of (depth-4)/6 blocks at widths 16k, 32k, 64k."""
 
     head_path = "fc"
+    stage_paths = ("block1", "block2", "block3")
 
     def __init__(
         self,
