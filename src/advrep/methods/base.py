@@ -175,6 +175,10 @@ class Term:
         if self.head and model.head not in (None, self.head):
             raise ConfigError(f"term '{self.name}' needs model.head={self.head}, got '{model.head}'")
 
+    def attach(self, base: Method) -> None:
+        """Called once by the composition with its base method, for terms whose defaults
+        depend on the base (for example a clean cross-entropy only where the base lacks one)."""
+
     def value(self, p: Passes, y: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 

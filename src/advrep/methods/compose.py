@@ -15,6 +15,8 @@ class Composite(Method):
     def __init__(self, base: Method, terms: list[Term]):  # noqa: super().__init__ builds no cfg here
         self.base = base
         self.terms = terms
+        for term in terms:
+            term.attach(base)
         self.name = "+".join([base.name, *(t.name for t in terms)])
         self.adversarial = base.adversarial
         self.readouts = tuple(dict.fromkeys([*base.readouts, *(r for t in terms for r in t.readouts)]))
