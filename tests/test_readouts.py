@@ -54,3 +54,28 @@ def test_report_carries_readouts_and_unknown_names_fail_at_config_load(setup):
     assert set(report["readouts"]["feature_shift"]) == {"mean_shift", "relative_shift"}
     with pytest.raises(ConfigError, match="unknown read-out 'feature_shfit'"):
         config.load(None, ["--train.readouts=[feature_shfit]"])
+
+
+def test_a_readout_with_a_plot_puts_its_picture_in_the_report(setup, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from advrep.evaluate import write_report
+
+    def plot(result):
+        fig, ax = plt.subplots()
+        ax.bar(["shift"], [result["mean_shift"]])
+        ax.set_title("feature shift")
+        return fig
+
+    monkeypatch.setitem(readouts.PLOTS, "feature_shift", plot)
+    model, x, y = setup
+    ev = EvalConfig(attacks=["pgd"], pgd_steps=1, pgd_step_size=0.1)
+    report = evaluate(model, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=1), ev=ev, device="cpu",
+                      progress=False, readout_names=["feature_shift"])
+    write_report(tmp_path, report)
+    png = tmp_path / "feature_shift.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![feature_shift](feature_shift.png)" in (tmp_path / "report.md").read_text()

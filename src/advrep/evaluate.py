@@ -158,9 +158,19 @@ def write_report(directory: str | Path, report: dict) -> None:
     notes = []
     for name, values in report.get("readouts", {}).items():
         notes += [f"- {name}: " + ", ".join(f"{k} = {_short(v)}" for k, v in values.items())]
+        if name in readouts.PLOTS:
+            _save_figure(readouts.PLOTS[name](values), directory / f"{name}.png")
+            notes += ["", f"![{name}]({name}.png)", ""]
     if notes:
         notes = ["", "## Read-outs", "", *notes]
     (directory / "report.md").write_text("\n".join([title, "", *body, "", *facts, *notes, ""]))
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _short(value) -> str:

@@ -16,6 +16,9 @@ Example::
     def feature_shift(probe):
         ...
         return {"mean": 0.42}
+
+A read-out may come with a ``plot`` function (result -> matplotlib figure); the report then
+shows its picture.
 """
 
 from __future__ import annotations
@@ -29,7 +32,19 @@ from . import attacks
 from .registry import Registry
 
 READOUTS: Registry[Callable[["Probe"], dict]] = Registry("read-out")
-register_readout = READOUTS.register
+PLOTS: dict[str, Callable[[dict], "matplotlib.figure.Figure"]] = {}  # noqa: F821
+
+
+def register_readout(name: str, plot: Callable[[dict], "matplotlib.figure.Figure"] | None = None):  # noqa: F821
+    """Register a read-out; ``plot`` (optional) turns its result into a matplotlib figure,
+    which the report saves as ``<name>.png`` and shows in report.md."""
+
+    def add(fn):
+        if plot is not None:
+            PLOTS[name] = plot
+        return READOUTS.register(name)(fn)
+
+    return add
 
 
 class Probe:
