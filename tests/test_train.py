@@ -18,30 +18,11 @@ from safetensors.torch import load_file
 
 from advrep.cli import main
 from advrep.methods import METHODS
+from conftest import train
 
-QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart-mnist.yaml")
-# The same budget for both models: the quickstart recipe (2 epochs, 5-step PGD in training)
-# on 20,000 training images; PGD-20 (eps 0.3, step 0.03) on the first 1,000 test images.
-BUDGET = ["--data.train_subset=20000", "--eval.n=1000", "--eval.attacks=[pgd]", "--eval.pgd_steps=20",
-          "--eval.pgd_step_size=0.03"]
 # A tiny budget for tests of the machinery, not of robustness.
 TINY = ["--data.train_subset=256", "--data.val_size=64", "--threat.steps=2", "--threat.step_size=0.15",
         "--train.val_steps=2", "--eval.after_train=false"]
-
-
-def train(*args) -> int:
-    return main(["train", "--quiet", "--config", QUICKSTART, *map(str, args)])
-
-
-@pytest.fixture(scope="session")
-def mnist_runs(tmp_path_factory, shared):
-    root = tmp_path_factory.mktemp("mnist-runs")
-    runs = {}
-    for method in ("standard", "pgd-at"):
-        out = root / method
-        assert train("--data-dir", shared("mnist"), "--out", out, f"--method={method}", *BUDGET) == 0
-        runs[method] = out
-    return runs
 
 
 def report(run: Path) -> dict:
@@ -187,7 +168,7 @@ def test_module_entry_point_lists_the_registries():
     out = subprocess.run([sys.executable, "-m", "advrep", "list"], capture_output=True, text=True, check=True).stdout
     for name in ("mnist", "cifar10", "small-cnn", "wrn-34-10", "prototype", "pgd-at", "trades", "standard"):
         assert name in out
-    assert np.all([line.split(":")[0] in ("datasets", "models", "heads", "methods") for line in out.splitlines()])
+    assert np.all([line.split(":")[0] in ("datasets", "models", "heads", "methods", "terms") for line in out.splitlines()])
 
 
 def test_cosine_head_rows_stay_on_the_sphere_and_no_validation_means_best_is_last(tmp_path, shared):
@@ -204,7 +185,8 @@ def test_cosine_head_rows_stay_on_the_sphere_and_no_validation_means_best_is_las
 # Short runs on real MNIST, with eps 0.1 so that a few dozen steps visibly lower the loss.
 FEW_STEPS = ["--data.train_subset=512", "--data.val_size=128", "--train.epochs=3", "--train.eps_warmup_epochs=0",
              "--threat.eps=0.1", "--threat.step_size=0.05", "--threat.steps=3", "--train.val_steps=3",
-             "--train.milestones=[0.9]", "--eval.n=100", "--eval.attacks=[pgd]", "--eval.pgd_steps=5"]
+             "--train.milestones=[0.9]", "--eval.n=100", "--eval.attacks=[pgd]", "--eval.pgd_steps=5",
+             "--eval.checks=false", "--eval.corruptions=none"]
 
 
 @pytest.mark.parametrize("method", [*METHODS.names(), "trades+lp"])
