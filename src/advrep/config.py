@@ -51,6 +51,11 @@ class ModelConfig:
     # auto: the dataset's mean/std for CIFAR-like data, none for MNIST-like; or "none",
     # "dataset", or a dataset name whose statistics to use.
     normalization: Optional[str] = None
+    # ANCRA's reverse attention (advrep.models.ra): auxiliary heads on the last stage sharing the
+    # linear head, channel weighting by the true label (training) or the auxiliary prediction
+    # (test time); ra_weight is cr, the weight of the auxiliary losses.
+    ra: bool = False
+    ra_weight: float = 2.0
 
 
 @dataclass

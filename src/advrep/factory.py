@@ -48,9 +48,10 @@ def normalization(name: str, info: data.DatasetInfo):
 
 
 def build_model(cfg: ModelConfig, info: data.DatasetInfo) -> torch.nn.Module:
-    return models.create(cfg.arch, num_classes=info.num_classes, head=cfg.head, in_channels=info.channels,
-                         image_size=info.image_size, normalization=normalization(cfg.normalization, info),
-                         **cfg.head_args)
+    model = models.create(cfg.arch, num_classes=info.num_classes, head=cfg.head, in_channels=info.channels,
+                          image_size=info.image_size, normalization=normalization(cfg.normalization, info),
+                          **cfg.head_args)
+    return ra.enable(model, cfg.ra_weight) if cfg.ra else model
 
 
 def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -60,4 +61,43 @@ def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[torch
                           in_channels=meta["in_channels"], image_size=meta["image_size"],
                           normalization=meta["normalization_values"], **meta["head_args"])
     checkpoint.load_state_checked(model, state, str(path), meta["arch"])
+    if meta.get("ra"):  # reverse attention holds no weights; the sidecar says it was on
+        ra.enable(model)
     return model.to(device).eval(), meta
+
+
+# Keys that reference implementations publish but that no forward pass reads: TRADES' and
+# MART's WideResNet build an unused `sub_block1`.
+UNUSED_REFERENCE_KEYS = ("sub_block1.",)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A foreign state dict: safetensors, or a .pt/.pth read with ``weights_only=True`` (never
+    unpickling code), unwrapped from the usual containers (``state_dict``, ``model``,
+    ``model_state_dict``) and DataParallel's ``module.`` prefix."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch and safetensors raise many types for unreadable or unsafe files
+        raise CheckpointError(f"cannot load {path} as a state dict ({str(e).splitlines()[0]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith(UNUSED_REFERENCE_KEYS)}
+
+
+def model_from_weights(path: Path, arch: str, info: data.DatasetInfo, norm: str = "none") -> torch.nn.Module:
+    """Architecture ``arch`` for dataset ``info`` with the weights of ``path`` (eval mode, CPU)."""
+    model = models.create(arch, num_classes=info.num_classes, in_channels=info.channels,
+                          image_size=info.image_size, normalization=normalization(norm, info))
+    checkpoint.load_state_checked(model, read_state_dict(path), str(path), arch)
+    return model.eval()

@@ -131,7 +131,7 @@ class Trainer:
     def _meta(self, epoch: int) -> dict:
         c = self.cfg
         return {
-            "arch": c.model.arch, "head": c.model.head, "head_args": c.model.head_args,
+            "arch": c.model.arch, "head": c.model.head, "head_args": c.model.head_args, "ra": c.model.ra,
             "num_classes": self.splits.info.num_classes, "in_channels": self.splits.info.channels,
             "image_size": self.splits.info.image_size, "normalization": c.model.normalization,
             "normalization_values": normalization(c.model.normalization, self.splits.info),

@@ -22,7 +22,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 from . import download as dl
-from . import formats
+from . import formats, tiny_imagenet
 
 __all__ = ["DATASETS", "DatasetInfo", "Dataset", "Splits", "cache_dir", "load"]
 
@@ -250,6 +250,14 @@ DATASETS.register("fashion-mnist")(Dataset(
     f"{_NPZ} or the four IDX files ({_IDX[0]}[.gz], ...) here, in raw/ or in FashionMNIST/raw/",
     _idx_markers("", "raw", "FashionMNIST/raw"),
     _idx("", "raw", "FashionMNIST/raw"),
+))
+DATASETS.register("tiny-imagenet")(Dataset(
+    # the widely used training-set statistics; 64x64, so the CIFAR-family threat model
+    DatasetInfo("tiny-imagenet", 200, 3, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), "cifar",
+                "crop-flip"),
+    f"{_NPZ}, {tiny_imagenet.ROOT}/ or {tiny_imagenet.ARCHIVE} (official layout)",
+    (tiny_imagenet.CACHE, tiny_imagenet.ROOT, tiny_imagenet.ARCHIVE),
+    tiny_imagenet.reader,
 ))
 DATASETS.register("npz")(Dataset(None, _NPZ))
 

@@ -45,6 +45,7 @@ def _idx_files(bases: tuple[str, ...], md5s: dict[str, str]) -> dict[str, Remote
 
 _KRIZ = "https://www.cs.toronto.edu/~kriz/"
 _SVHN = "http://ufldl.stanford.edu/housenumbers/"
+_CS231N = "http://cs231n.stanford.edu/"
 
 # dataset -> file name -> Remote
 OFFICIAL: dict[str, dict[str, Remote]] = {
@@ -84,6 +85,9 @@ OFFICIAL: dict[str, dict[str, Remote]] = {
             "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
             "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
         }),
+    "tiny-imagenet": _table(  # 248,100,043 bytes
+        Remote("tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de", (_CS231N + "tiny-imagenet-200.zip",)),
+    ),
 }
 
 

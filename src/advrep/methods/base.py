@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .. import attacks
 from ..config import ModelConfig, build
 from ..errors import ConfigError
+from ..models import ra
 from ..tensors import fp32
 
 Metrics = dict[str, torch.Tensor]
@@ -57,23 +58,37 @@ class Passes:
 
     ``clean`` and ``adv`` are ``(features, logits)``; a base objective and every add-on term
     read them here instead of running the network again.
+
+    On a model with reverse attention (:mod:`advrep.models.ra`) the passes run with the labels
+    ``y`` (training-mode RA weights by the true label), ``aux[name]`` keeps each pass's auxiliary
+    ``(features, logits)`` per RA point, and :meth:`auxiliary` gives the passes as RA point ``k``'s
+    auxiliary head sees them. ``root`` is the step's own passes (itself, or the parent of an
+    auxiliary view) and ``index`` the RA point (None for the step's own passes).
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor):
-        self.model, self.x, self.x_adv = model, x, x_adv
+    def __init__(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor | None = None):
+        self.model, self.x, self.x_adv, self.y = model, x, x_adv, y
+        self.aux: dict[str, list] = {}
+        self.root, self.index = self, None
 
-    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        if hasattr(self.model, "forward_features"):
-            return self.model.forward_features(x)
-        return None, self.model(x)  # a plain nn.Module: logits only
+    def _run(self, x: torch.Tensor, name: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if not hasattr(self.model, "forward_features"):
+            return None, self.model(x)  # a plain nn.Module: logits only
+        with ra.labels(self.model, self.y):
+            out = self.model.forward_features(x)
+        self.aux[name] = ra.auxiliary(self.model)
+        return out
 
     @cached_property
     def clean(self) -> tuple[torch.Tensor | None, torch.Tensor]:
-        return self._run(self.x)
+        return self._run(self.x, "clean")
 
     @cached_property
     def adv(self) -> tuple[torch.Tensor | None, torch.Tensor]:
-        return self._run(self.x_adv)
+        return self._run(self.x_adv, "adv")
+
+    def auxiliary(self, k: int) -> "Passes":
+        return _AuxiliaryPasses(self, k)
 
     @property
     def logits(self) -> torch.Tensor:
@@ -96,6 +111,25 @@ class Passes:
             raise ConfigError("this method needs penultimate features: the model must offer "
                               "forward_features(x) -> (features, logits), as advrep's models do")
         return h
+
+
+class _AuxiliaryPasses(Passes):
+    """RA point ``k``'s view of the step's passes: its auxiliary head's features and logits
+    (the parent's forward runs, once, when first read)."""
+
+    def __init__(self, parent: Passes, k: int):
+        super().__init__(parent.model, parent.x, parent.x_adv, parent.y)
+        self.root, self.index = parent, k
+
+    @cached_property
+    def clean(self):
+        _ = self.root.clean  # the parent's pass records its auxiliary heads
+        return self.root.aux["clean"][self.index]
+
+    @cached_property
+    def adv(self):
+        _ = self.root.adv
+        return self.root.aux["adv"][self.index]
 
 
 class Method:
@@ -143,7 +177,14 @@ class Method:
         raise NotImplementedError
 
     def objective(self, model, x, x_adv, y) -> tuple[torch.Tensor, Metrics]:
-        return self.loss(Passes(model, x, x_adv), y)
+        passes = Passes(model, x, x_adv, y)
+        loss, metrics = self.loss(passes, y)
+        attention = ra.state(model)
+        if attention is not None:  # ANCRA: cr · the same loss on each RA point's auxiliary logits, averaged
+            aux = sum(self.loss(passes.auxiliary(k), y)[0] for k in range(attention.points)) / attention.points
+            loss = loss + attention.weight * aux
+            metrics["loss_ra"] = aux.detach()
+        return loss, metrics
 
 
 @dataclass
