@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	# test-only oracle for advrep's PGD; --no-deps because its metadata pulls torchvision
+	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
 	touch $@
 
 install: $(VENV)/.installed

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from advrep.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ADVREP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -24,3 +26,34 @@ def shared_folder(name: str) -> Path:
 @pytest.fixture(scope="session")
 def shared():
     return shared_folder
+
+
+QUICKSTART = str(ROOT / "configs" / "quickstart-mnist.yaml")
+# The same budget for both session models: the quickstart recipe (2 epochs, 5-step PGD in
+# training) on 20,000 training images; PGD-20 (eps 0.3, step 0.03) on the first 1,000 test images.
+BUDGET = ["--data.train_subset=20000", "--eval.n=1000", "--eval.attacks=[pgd]", "--eval.pgd_steps=20",
+          "--eval.pgd_step_size=0.03", "--eval.checks=false", "--eval.corruptions=none"]
+
+
+def train(*args) -> int:
+    """``advrep train --quiet --config <quickstart>`` with ``args``, in this process."""
+    return main(["train", "--quiet", "--config", QUICKSTART, *map(str, args)])
+
+
+@pytest.fixture(scope="session")
+def mnist_runs(tmp_path_factory, shared):
+    """Run directories of small-cnn trained on real MNIST with `standard` and `pgd-at`,
+    same budget, evaluated with PGD-20 on 1,000 test images; trained once per session."""
+    root = tmp_path_factory.mktemp("mnist-runs")
+    runs = {}
+    for method in ("standard", "pgd-at"):
+        out = root / method
+        assert train("--data-dir", shared("mnist"), "--out", out, f"--method={method}", *BUDGET) == 0
+        runs[method] = out
+    return runs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_cache(tmp_path_factory):
+    """Downloads and cached surrogates go to a session folder, never the user's cache."""
+    os.environ["ADVREP_DATA"] = str(tmp_path_factory.mktemp("advrep-cache"))

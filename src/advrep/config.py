@@ -92,11 +92,21 @@ class TrainConfig:
 class EvalConfig:
     n: Optional[int] = None  # evaluate the first n test images; None = all
     batch_size: int = 500
+    # fgsm, pgd, cw (CW-margin PGD), mt (multi-targeted PGD), square (black-box), autoattack
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "cw"])
     pgd_steps: Optional[int] = None  # auto: 20 (CIFAR-like), 40 (MNIST-like)
     pgd_step_size: Optional[float] = None  # auto: 2/255, 0.01
     pgd_restarts: int = 1
     cw_steps: int = 30
+    aa_version: Literal["standard", "plus", "rand", "custom"] = "standard"
+    aa_attacks: list[str] = field(default_factory=list)  # for aa_version=custom: apgd-ce, apgd-t, ...
+    square_queries: int = 1000
+    eps_sweep: list[float] = field(default_factory=list)  # PGD accuracy at each of these eps
+    checks: bool = True  # the gradient-masking checks (advrep.checks)
+    checks_n: int = 200  # on the first checks_n evaluated images
+    surrogate: Optional[str] = None  # standard-trained run/checkpoint for the transfer check; None: train one
+    corruptions: Literal["none", "generated", "official"] = "generated"
+    corruptions_dir: Optional[str] = None  # CIFAR-10-C / CIFAR-100-C folder, for corruptions=official
     readouts: list[str] = field(default_factory=list)  # report read-outs beyond the method's own
     checkpoint: Literal["best", "last"] = "best"
     after_train: bool = True  # `advrep train` evaluates the chosen checkpoint at the end

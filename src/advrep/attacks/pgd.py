@@ -160,3 +160,39 @@ def fgsm(
     """One gradient step of size ``step_size`` (default eps); FGSM-RS adds a uniform start."""
     return pgd(model, x, y, eps=eps, step_size=eps if step_size is None else step_size, steps=1,
                norm=norm, loss=loss, random_start=random_start, targeted=targeted)
+
+
+def multi_targeted(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    num_classes: int,
+    norm: Literal["Linf", "L2"] = "Linf",
+) -> torch.Tensor:
+    """Multi-targeted PGD (Gowal et al., "An Alternative Surrogate Loss for PGD-based
+    Adversarial Testing", 2019): one PGD run per target class ``t != y`` maximizing the margin
+    ``z_t − z_y``; each sample keeps the first example that is misclassified, else the one with
+    the largest margin. Costs ``(K − 1) · steps`` gradient steps per sample."""
+    x, y = x.detach(), y.detach()
+    best, best_margin = x.clone(), torch.full((len(x),), float("-inf"), device=x.device)
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for shift in range(1, num_classes):
+        target = (y + shift) % num_classes
+
+        def margin(logits, labels, target=target):
+            return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, labels[:, None]).squeeze(1)
+
+        x_adv = pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm, loss=margin)
+        with torch.no_grad():
+            logits = fp32(model(x_adv))
+        now_fooled = logits.argmax(1) != y
+        value = margin(logits, y)
+        take = (now_fooled & ~fooled) | (~fooled & ~now_fooled & (value > best_margin))
+        best = torch.where(take.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
+        best_margin = torch.where(take, value, best_margin)
+        fooled |= now_fooled
+    return best

@@ -1,0 +1,230 @@
+"""Honest evaluation: agreement with independent attack code, AutoAttack through the official
+package, stronger attacks, foreign checkpoints, and gradient-masking checks that flag a model
+built to mask gradients while passing a normally trained one."""
+
+import importlib
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from advrep import attacks, checks, config, data
+from advrep.cli import main
+from advrep.config import EvalConfig, ThreatConfig
+from advrep.evaluate import evaluate
+from advrep.factory import model_from_checkpoint, model_from_weights
+from advrep.models import create
+
+MNIST_THREAT = ThreatConfig(norm="Linf", eps=0.3, step_size=0.01, steps=40)
+
+
+@pytest.fixture(scope="module")
+def mnist_test(shared):
+    splits = data.load("mnist", shared("mnist"))
+    return splits.x_test, splits.y_test
+
+
+def load(run):
+    return model_from_checkpoint(run / "best", torch.device("cpu"))[0]
+
+
+class Quantized(nn.Module):
+    """Masks gradients on purpose: inputs are rounded to 1/64 steps, a step whose gradient is
+    exactly zero, so every gradient-based attack is blind while the decision is unchanged."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 64) / 64)
+
+
+def test_pgd_agrees_with_torchattacks(mnist_runs, mnist_test):
+    try:
+        import torchattacks  # the oracle; `make install` adds it with --no-deps
+    except ImportError:
+        pytest.fail("the PGD oracle torchattacks is missing: pip install --no-deps torchattacks==3.5.1")
+    model = load(mnist_runs["pgd-at"])
+    x, y = mnist_test[0][:1000].float() / 255, mnist_test[1][:1000]
+    torch.manual_seed(0)
+    ours = torch.cat([attacks.pgd(model, x[i:i + 500], y[i:i + 500], eps=0.3, step_size=0.03, steps=20)
+                      for i in range(0, 1000, 500)])
+    oracle = torchattacks.PGD(model, eps=0.3, alpha=0.03, steps=20, random_start=True)
+    theirs = torch.cat([oracle(x[i:i + 500], y[i:i + 500]) for i in range(0, 1000, 500)])
+    with torch.no_grad():
+        acc_ours = (model(ours).argmax(1) == y).float().mean().item()
+        acc_theirs = (model(theirs).argmax(1) == y).float().mean().item()
+    print(f"\nPGD-20 accuracy: advrep {acc_ours:.3f}, torchattacks {acc_theirs:.3f}")
+    assert abs(acc_ours - acc_theirs) <= 0.01
+
+
+def test_autoattack_through_advrep_equals_pyautoattack(mnist_runs, mnist_test):
+    from pyautoattack import AutoAttack
+
+    model = load(mnist_runs["pgd-at"])
+    x, y = mnist_test[0][:40].float() / 255, mnist_test[1][:40]
+    mask, info = attacks.autoattack(model, x, y, eps=0.3, version="custom", attacks=["apgd-ce", "apgd-t"],
+                                    batch_size=40, progress=False)
+    assert info["backend"] == "pyautoattack" and info["attacks"] == ["apgd-ce", "apgd-t"]
+    direct = AutoAttack(model, eps=0.3, norm="Linf", version="custom", attacks=["apgd-ce", "apgd-t"], seed=0)
+    x_adv, _ = direct.run_standard_evaluation(x, y, batch_size=40)
+    with torch.no_grad():
+        direct_acc = ((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)).float().mean().item()
+    assert mask.float().mean().item() == direct_acc
+
+
+def test_interrupted_autoattack_resumes_with_the_same_result(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).eval()
+    x, y = torch.rand(30, 3, 4, 4), torch.randint(0, 10, (30,))
+    kwargs = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=10, progress=False)
+    full, _ = attacks.autoattack(model, x, y, state_dir=tmp_path / "a", **kwargs)
+    bridge = importlib.import_module("advrep.attacks.autoattack")  # the module, not the function
+
+    real, calls = bridge._run_chunk, []
+
+    def interrupt_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(bridge, "_run_chunk", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        attacks.autoattack(model, x, y, state_dir=tmp_path / "b", **kwargs)
+    monkeypatch.setattr(bridge, "_run_chunk", real)
+    resumed, info = attacks.autoattack(model, x, y, state_dir=tmp_path / "b", **kwargs)
+    assert info["resumed_chunks"] == 1 and torch.equal(resumed, full)
+    # a result made for another eps is not reused
+    _, other = attacks.autoattack(model, x, y, state_dir=tmp_path / "b", **{**kwargs, "eps": 0.04})
+    assert other["resumed_chunks"] == 0
+
+
+def test_multi_targeted_pgd_is_at_least_as_strong_as_pgd(mnist_runs, mnist_test):
+    model = load(mnist_runs["pgd-at"])
+    x, y = mnist_test[0][:200].float() / 255, mnist_test[1][:200]
+    torch.manual_seed(0)
+    mt = attacks.multi_targeted(model, x, y, eps=0.3, step_size=0.03, steps=10, num_classes=10)
+    pgd = attacks.pgd(model, x, y, eps=0.3, step_size=0.03, steps=10)
+    assert (mt - x).abs().max() <= 0.3 + 1e-6 and mt.min() >= 0 and mt.max() <= 1
+    with torch.no_grad():
+        assert (model(mt).argmax(1) == y).float().mean() <= (model(pgd).argmax(1) == y).float().mean() + 0.02
+
+
+def test_l2_evaluation_and_eps_sweep(mnist_runs, mnist_test):
+    model = load(mnist_runs["standard"])
+    x, y = mnist_test[0][:100], mnist_test[1][:100]
+    threat = ThreatConfig(norm="L2", eps=2.0, step_size=0.5, steps=10)
+    ev = EvalConfig(attacks=["fgsm", "pgd", "cw"], pgd_steps=10, pgd_step_size=0.5, eps_sweep=[0.0, 0.5, 2.0, 4.0],
+                    checks=False, corruptions="none")
+    report = evaluate(model, x, y, threat=threat, ev=ev, device="cpu", progress=False)
+    assert report["threat_model"] == "L2" and report["attacks"]["pgd"]["acc"] < report["clean_acc"]
+    sweep = [r["acc"] for r in report["eps_sweep"]]
+    assert sweep[0] == report["clean_acc"] and sweep == sorted(sweep, reverse=True) and sweep[-1] < 0.1
+
+
+def test_standard_cifar10_network_is_not_robust_at_8_255(tmp_path, shared):
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--data-dir", str(shared("cifar10")), "--dataset", "cifar10", "--out", str(run),
+                 "--model.arch=small-cnn", "--method=standard", "--data.train_subset=8000", "--train.epochs=1",
+                 "--train.optimizer=adam", "--train.lr=0.002", "--train.weight_decay=0", "--data.val_size=100",
+                 "--eval.n=500", "--eval.attacks=[pgd]", "--eval.checks=false", "--eval.corruptions=none"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    print(f"\nstandard small-cnn on CIFAR-10: clean {report['clean_acc']:.3f}, PGD-20 {report['robust_acc']:.3f}")
+    assert report["eps"] == pytest.approx(8 / 255) and report["attacks"]["pgd"]["label"] == "PGD-20"
+    assert report["clean_acc"] > 0.3, "the network must have learned something"
+    assert report["robust_acc"] <= 0.02
+
+
+# ------------------------------------------------------------------ gradient-masking checks
+
+
+def check_config(**kw):
+    return EvalConfig(**{"pgd_steps": 10, "pgd_step_size": 0.03, "batch_size": 100, "square_queries": 300,
+                         "checks_n": 100, "corruptions": "none", **kw})
+
+
+def test_checks_flag_a_gradient_masking_model_that_black_box_attacks_break(mnist_runs, mnist_test):
+    model = Quantized(load(mnist_runs["standard"])).eval()
+    surrogate = load(mnist_runs["standard"])
+    x, y = mnist_test[0][:100], mnist_test[1][:100]
+    ev = check_config(attacks=["pgd", "autoattack"], aa_version="custom", aa_attacks=["apgd-ce", "square"])
+    report = evaluate(model, x, y, threat=MNIST_THREAT, ev=ev, device="cpu", progress=False,
+                      surrogate=lambda: surrogate)
+    flags = {name: r["passed"] for name, r in report["checks"].items()}
+    print(f"\nmasked model: PGD {report['attacks']['pgd']['acc']:.2f}, AutoAttack {report['autoattack_acc']:.2f}; "
+          f"checks {flags}")
+    assert report["attacks"]["pgd"]["acc"] > 0.3, "white-box PGD is blinded by the zero gradients"
+    assert report["autoattack_acc"] < 0.05, "AutoAttack's Square still breaks the model"
+    assert not flags["black_box"] and not flags["transfer"] and not flags["large_eps"]
+    assert "FAILED" in checks.summary(report["checks"])
+
+
+def test_a_normally_trained_model_passes_every_check(mnist_runs, mnist_test):
+    model = load(mnist_runs["pgd-at"])
+    x, y = mnist_test[0][:100], mnist_test[1][:100]
+    report = evaluate(model, x, y, threat=MNIST_THREAT, ev=check_config(attacks=["pgd", "cw"]), device="cpu",
+                      progress=False, surrogate=lambda: load(mnist_runs["standard"]))
+    failed = {n: r for n, r in report["checks"].items() if not r["passed"]}
+    assert set(report["checks"]) == {"eps_zero", "eps_monotone", "large_eps", "more_steps", "black_box", "transfer"}
+    assert not failed, failed
+
+
+def test_eval_command_trains_and_caches_a_surrogate_and_prints_the_checks(mnist_runs, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", str(mnist_runs["pgd-at"]), "--quiet", "--n", "60", "--out", str(out),
+                 "--eval.attacks=[pgd]", "--eval.pgd_steps=5", "--eval.checks_n=30", "--eval.square_queries=50",
+                 "--eval.corruptions=none"]) == 0
+    printed = capsys.readouterr().out
+    assert "gradient-masking checks" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert "transfer" in report["checks"] and "Gradient-masking checks" in (out / "report.md").read_text()
+    cached = list((data.cache_dir() / "surrogates").glob("mnist-small-cnn-*"))
+    assert len(cached) == 1 and (cached[0] / "last.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------ foreign weights
+
+
+def test_reference_layouts_load(tmp_path):
+    """TRADES/MART publish WRN state dicts with an unused `sub_block1` and, from DataParallel,
+    a `module.` prefix; RobustBench-style files wrap them in `state_dict`."""
+    info = data.DatasetInfo("cifar10", 10, 3, 32, (0.5,) * 3, (0.25,) * 3, "cifar", "crop-flip")
+    torch.manual_seed(0)
+    source = create("wrn-28-10").eval()
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    state["module.sub_block1.layer.0.conv1.weight"] = torch.zeros(160, 16, 3, 3)
+    torch.save({"state_dict": state}, tmp_path / "trades.pt")
+    loaded = model_from_weights(tmp_path / "trades.pt", "wrn-28-10", info, "none")
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded(x), source(x))
+    torch.save(source.state_dict(), tmp_path / "plain.pt")
+    normalized = model_from_weights(tmp_path / "plain.pt", "wrn-28-10", info, "dataset")
+    assert torch.allclose(normalized(x), source((x - 0.5) / 0.25), atol=1e-5)
+
+
+def test_foreign_weights_that_are_not_a_state_dict_are_refused(tmp_path, capsys):
+    torch.save({"optimizer": "sgd", "epoch": 3}, tmp_path / "odd.pt")
+    assert main(["eval", "--weights", str(tmp_path / "odd.pt"), "--arch", "small-cnn", "--dataset", "mnist",
+                 "--quiet"]) == 2
+    assert "does not hold a state dict" in capsys.readouterr().err
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"w": Evil()}, tmp_path / "evil.pt")
+    assert main(["eval", "--weights", str(tmp_path / "evil.pt"), "--arch", "small-cnn", "--dataset", "mnist",
+                 "--quiet"]) == 2
+    err = capsys.readouterr()
+    assert "cannot load" in err.err and "pwned" not in err.out
+
+
+def test_report_has_robustbench_keys(mnist_runs):
+    report = json.loads((mnist_runs["pgd-at"] / "report.json").read_text())
+    for key in ("clean_acc", "eps", "threat_model", "architecture"):
+        assert key in report and report[key] is not None
+    cfg = config.load(None, ["--eval.attacks=[pgd,autoattack,mt,square]", "--eval.aa_version=plus"])
+    assert cfg.eval.attacks == ["pgd", "autoattack", "mt", "square"] and cfg.eval.aa_version == "plus"
