@@ -354,7 +354,7 @@ def test_official_md5s_are_checked_in_a_users_folder(tmp_path, monkeypatch):
 
 
 def test_registry_and_infos():
-    assert data.DATASETS.names() == ["cifar10", "cifar100", "fashion-mnist", "mnist", "npz", "svhn"]
+    assert data.DATASETS.names() == ["cifar10", "cifar100", "fashion-mnist", "mnist", "npz", "svhn", "tiny-imagenet"]
     with pytest.raises(ConfigError, match="did you mean 'cifar10'"):
         data.load("cifar")
     c100 = data.DATASETS.get("cifar100").info

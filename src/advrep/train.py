@@ -10,6 +10,11 @@ checkpoint and, when the validation robust accuracy improves, ``best``.
 Determinism: the trainer reseeds torch from ``(seed, epoch)`` at the start of every epoch and
 the loader draws its order from the same pair, so ``--resume`` from the last checkpoint ends
 with the same weights as an uninterrupted run (bit-identical on the CPU).
+
+Under ``torchrun`` (:mod:`advrep.distributed`) the model is wrapped in DistributedDataParallel
+with synchronized BatchNorm, each rank trains on its slice of every global batch
+(``train.batch_size`` is the global batch) and attacks it locally, the validation attack is
+split over the ranks, and rank 0 alone writes the run directory while the others wait.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__, checkpoint, readouts
+from . import __version__, checkpoint, distributed, readouts
 from . import config as config_mod
 from . import methods
 from .config import Config, TrainConfig
-from .data.loader import DeviceLoader, epoch_seed
+from .data.loader import epoch_seed
 from .errors import ConfigError, TrainingError
 from .factory import build_model, load_data, normalization, resolve_device, split_validation
 from .readouts import Probe
@@ -67,14 +72,16 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.log = log
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.setup(resolve_device(cfg.device))
+        self.run_dir = Path(distributed.from_main(str(self.run_dir)))  # an automatic name is rank 0's
         self.splits = load_data(cfg.data, progress=progress)
         cfg = config_mod.resolve(cfg, self.splits.info)
         self.cfg = cfg
         self.method = methods.create(cfg.method["name"], terms=cfg.terms, **self._method_args(cfg))
         self.method.check_model(cfg.model)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, self.splits.info).to(self.device)
+        model = distributed.sync_batchnorm(build_model(cfg.model, self.splits.info), self.device)
+        self.model = model.to(self.device)
         self.channels_last = cfg.train.channels_last == "on" or (
             cfg.train.channels_last == "auto" and self.device.type == "cuda")
         if self.channels_last:
@@ -87,14 +94,17 @@ class Trainer:
             self.splits.x_train, self.splits.y_train, cfg.data.val_size, cfg.data.split_seed)
         if cfg.data.train_subset is not None:
             x_tr, y_tr = x_tr[:cfg.data.train_subset], y_tr[:cfg.data.train_subset]
-        self.loader = DeviceLoader(x_tr, y_tr, cfg.train.batch_size, device=self.device, shuffle=True,
-                                   augment=cfg.data.augment, seed=cfg.seed,
-                                   channels_last=self.channels_last)
+        self.loader = distributed.ShardedLoader(x_tr, y_tr, cfg.train.batch_size, device=self.device,
+                                                shuffle=True, augment=cfg.data.augment, seed=cfg.seed,
+                                                channels_last=self.channels_last)
         self.start_epoch, self.best = 0, -1.0
         if resume:
             self._resume()
         else:
             self._start()
+        # the methods' passes run through DDP (gradients all-reduced); the attack uses self.model
+        self.train_model = distributed.DataParallel(self.model, self.device) if distributed.world() > 1 \
+            else self.model
 
     @staticmethod
     def _method_args(cfg: Config) -> dict:
@@ -107,9 +117,11 @@ class Trainer:
         if (self.run_dir / "last.json").exists():
             raise ConfigError(f"{self.run_dir} already holds a run; continue it with "
                               f"`advrep train --resume {self.run_dir}` or choose another --out")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config_mod.save(self.cfg, self.run_dir / "config.yaml")
-        (self.run_dir / "metrics.jsonl").write_text("")
+        if distributed.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_mod.save(self.cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "metrics.jsonl").write_text("")
+        distributed.barrier()
 
     def _resume(self) -> None:
         state, meta, opt_state = checkpoint.load(self.run_dir / "last")
@@ -122,6 +134,9 @@ class Trainer:
         for group in self.optimizer.param_groups:  # the config's hyperparameters win over the saved ones
             group.update(self.optimizer.defaults)
         self.start_epoch, self.best = meta["epoch"], meta["best_val_robust"]
+        distributed.barrier()  # every rank has read the checkpoint before rank 0 rewrites files
+        if not distributed.is_main():
+            return
         config_mod.save(self.cfg, self.run_dir / "config.yaml")
         # drop rows of epochs the checkpoint does not include (a crash after logging)
         path = self.run_dir / "metrics.jsonl"
@@ -160,16 +175,18 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         bad_step = torch.tensor(-1, device=self.device)
         bar = tqdm(self.loader, total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=None if self.progress else True, leave=False)
+                   disable=None if self.progress and distributed.is_main() else True, leave=False)
         for step, (x, y) in enumerate(bar):
             lr = lr_at(cfg.train, epoch, step / n)
             self._set_eps(epoch, (step + 1) / n)
             for group in opt.param_groups:
                 group["lr"] = lr
+            lo = distributed.rank() * len(x)  # equal shards: this rank holds rows [lo, lo + len(x))
             with _amp_context(cfg.train, self.device):
-                x_adv = self.method.perturb(model, x, y)
-                model.train()
-                loss, metrics = self.method.objective(model, x, x_adv, y)
+                with distributed.global_draws(lo, lo + len(x), len(x) * distributed.world()):
+                    x_adv = self.method.perturb(model, x, y)
+                self.train_model.train()
+                loss, metrics = self.method.objective(self.train_model, x, x_adv, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -178,12 +195,13 @@ class Trainer:
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0) + value.float()
             if (step + 1) % SYNC_EVERY == 0 or step + 1 == n:
-                if int(bad_step) >= 0:
+                first_bad = int(distributed.reduce(torch.where(bad_step < 0, n, bad_step), "min"))
+                if first_bad < n:
                     raise TrainingError(
-                        f"loss became NaN or infinite at epoch {epoch + 1}, step {int(bad_step) + 1}; "
+                        f"loss became NaN or infinite at epoch {epoch + 1}, step {first_bad + 1}; "
                         f"stopped, the last good checkpoint in {self.run_dir} is kept "
                         "(lower train.lr or check the data)")
-        return {k: float(v) / n for k, v in sums.items()}
+        return {k: float(v) / n for k, v in distributed.mean_over_ranks(sums).items()}
 
     def validate(self) -> dict:
         """Clean and PGD accuracy on the held-out slice, and the read-outs, from one probe
@@ -191,9 +209,14 @@ class Trainer:
         c = self.cfg
         if len(self.x_val) == 0:
             return {}
-        probe = Probe(self.model, self.x_val, self.y_val, norm=c.threat.norm, eps=c.threat.eps,
-                      step_size=c.threat.step_size, steps=c.train.val_steps, device=self.device,
-                      batch_size=c.eval.batch_size)
+        attack = dict(norm=c.threat.norm, eps=c.threat.eps, step_size=c.threat.step_size,
+                      steps=c.train.val_steps)
+        x_adv = None
+        if distributed.world() > 1:  # each rank attacks its share; every rank's probe then sees all
+            x_adv = distributed.pgd_in_shards(self.model, self.x_val.to(self.device).float().div(255),
+                                              self.y_val.to(self.device), c.eval.batch_size, **attack)
+        probe = Probe(self.model, self.x_val, self.y_val, device=self.device, batch_size=c.eval.batch_size,
+                      x_adv=x_adv, **attack)
         acc = probe.accuracies()
         row = {"val_clean": acc["clean"], "val_robust": acc["robust"]}
         names = list(dict.fromkeys([*self.method.readouts, *c.train.readouts]))
@@ -218,12 +241,14 @@ class Trainer:
             improved = row.get("val_robust", -1.0) > self.best or len(self.x_val) == 0
             if improved:
                 self.best = row.get("val_robust", self.best)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            checkpoint.save(self.run_dir, "last", self.model, self._meta(epoch + 1), self.optimizer)
-            if improved:
-                checkpoint.save(self.run_dir, "best", self.model, self._meta(epoch + 1))
-            self.log(_epoch_line(row, cfg.train.epochs))
+            if distributed.is_main():
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                checkpoint.save(self.run_dir, "last", self.model, self._meta(epoch + 1), self.optimizer)
+                if improved:
+                    checkpoint.save(self.run_dir, "best", self.model, self._meta(epoch + 1))
+                self.log(_epoch_line(row, cfg.train.epochs))
+            distributed.barrier()  # the others go on once the epoch's checkpoint is complete
         finished = stop == cfg.train.epochs
         return {"epochs_run": stop - self.start_epoch, "finished": finished,
                 "time_s": round(time.time() - t_start, 1), "best_val_robust": self.best}
