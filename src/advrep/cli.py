@@ -4,16 +4,19 @@
     advrep train --resume RUN_DIR [--section.key=value ...]
     advrep eval RUN_DIR|CHECKPOINT [--n N] [--checkpoint best|last] [--section.key=value ...]
     advrep eval --weights FILE --arch NAME --dataset NAME [--normalization none|dataset|NAME]
-    advrep list [datasets|models|heads|methods]
+    advrep list [datasets|models|heads|methods|terms] [--markdown]
+    advrep analyze RUN_DIR [--n N] [--checkpoint best|last] [--out DIR] [--readouts=[...]] [--embedding tsne|pca]
+    advrep compare RUN_DIR... [--out DIR] [--n N]
+    advrep bench [--method M] [--arch A] [--dataset D] [--batch-size B] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
-import torch
 
 from . import __version__, checkpoint
 from . import config as config_mod
@@ -44,9 +47,24 @@ def _free_run_dir(cfg: config_mod.Config) -> Path:
     return path
 
 
+def _torchrun_aware(command):
+    """Run ``command`` in :func:`advrep.distributed.session`: under torchrun only rank 0 prints,
+    and the process group is closed at the end (nothing changes without torchrun)."""
+
+    @functools.wraps(command)
+    def run(args, extra):
+        from . import distributed
+
+        with distributed.session():
+            return command(args, extra)
+
+    return run
+
+
 # ----------------------------------------------------------------------------- train
 
 
+@_torchrun_aware
 def cmd_train(args, extra) -> int:
     from .train import Trainer
 
@@ -65,6 +83,7 @@ def cmd_train(args, extra) -> int:
         else:
             run_dir = _free_run_dir(cfg)
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    run_dir = trainer.run_dir  # under torchrun, the one rank 0 chose
     print(f"run directory: {run_dir}")
     print(f"training {trainer.cfg.model.arch} on {trainer.splits.info.name} ({len(trainer.loader.x)} images, "
           f"{len(trainer.x_val)} held out) with {trainer.method!r} on {trainer.device}")
@@ -91,6 +110,11 @@ def cmd_train(args, extra) -> int:
 
 def evaluate_checkpoint(ckpt: Path, cfg, splits, device, out_dir: Path, progress: bool = True,
                         model=None, meta: dict | None = None) -> dict:
+    import dataclasses
+
+    import torch
+
+    from . import distributed
     from .evaluate import evaluate, write_report
     from .factory import model_from_checkpoint
     from .methods import readouts_of
@@ -98,13 +122,31 @@ def evaluate_checkpoint(ckpt: Path, cfg, splits, device, out_dir: Path, progress
     if model is None:
         model, meta = model_from_checkpoint(ckpt, device)
     cfg = config_mod.resolve(cfg, splits.info)
+    torch.manual_seed(cfg.seed)  # the attacks' random starts: a report is reproducible, whatever ran before
+    progress = progress and distributed.is_main()
+    if not distributed.is_main():  # the attacks are split over the ranks; checks and corruptions run on rank 0
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, checks=False, corruptions="none"))
     context = {"architecture": meta["arch"], "dataset": splits.info.name, "method": meta.get("method"),
                "checkpoint": str(ckpt), "epoch": meta.get("epoch")}
     names = [*(readouts_of(meta["method"]) if meta.get("method") else ()), *cfg.eval.readouts]
     report = evaluate(model, splits.x_test, splits.y_test, threat=cfg.threat, ev=cfg.eval, device=device,
-                      progress=progress, context=context, readout_names=list(dict.fromkeys(names)))
-    write_report(out_dir, report)
+                      progress=progress, context=context, readout_names=list(dict.fromkeys(names)),
+                      state_dir=out_dir / "autoattack", surrogate=lambda: _surrogate(cfg, splits, device, progress))
+    if distributed.is_main():
+        write_report(out_dir, report)
     return report
+
+
+def _surrogate(cfg, splits, device, progress: bool):
+    """The standard-trained model of the transfer check: ``eval.surrogate`` (a run directory or
+    an advrep checkpoint), else a small CNN trained once on the same data and cached."""
+    from .checks import surrogate_for
+    from .factory import model_from_checkpoint
+
+    if cfg.eval.surrogate:
+        path = Path(cfg.eval.surrogate)
+        return model_from_checkpoint(path / "best" if path.is_dir() else path, device)[0]
+    return surrogate_for(cfg.data, splits, device, progress)
 
 
 def _print_report(report: dict, out_dir: Path) -> None:
@@ -115,7 +157,9 @@ def _print_report(report: dict, out_dir: Path) -> None:
           f"{100 * report['robust_acc']:.2f}%; report in {out_dir / 'report.json'}")
 
 
+@_torchrun_aware
 def cmd_eval(args, extra) -> int:
+    from . import distributed
     from .factory import load_data, resolve_device
 
     overrides = _overrides(args, extra)
@@ -137,7 +181,7 @@ def cmd_eval(args, extra) -> int:
         meta = checkpoint.read_meta(target)
         cfg = config_mod.load(None, overrides, base=meta["config"])
         ckpt, out_dir = checkpoint.stem(target), Path(args.out) if args.out else checkpoint.stem(target).parent
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
     splits = load_data(cfg.data, progress=not args.quiet)
     report = evaluate_checkpoint(ckpt, cfg, splits, device, out_dir, progress=not args.quiet)
     _print_report(report, out_dir)
@@ -147,49 +191,25 @@ def cmd_eval(args, extra) -> int:
 def _eval_foreign(args, overrides) -> int:
     """A state dict of a supported architecture from elsewhere: safetensors, or a .pt/.pth
     loaded with ``weights_only=True`` (never unpickling code)."""
-    from . import data, models
-    from .factory import load_data, normalization, resolve_device
+    from . import data, distributed
+    from .factory import load_data, model_from_weights, resolve_device
 
     if not args.arch or not args.dataset:
         raise ConfigError("--weights needs --arch and --dataset (and --normalization if the model "
                           "expects normalized inputs)")
     cfg = config_mod.load(None, overrides + [f"--model.arch={args.arch}",
                                              f"--model.normalization={args.normalization}"])
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
     # check the weights before the (slower) data load where the dataset's facts are known
     splits = None if cfg.data.dataset != "npz" else load_data(cfg.data, progress=not args.quiet)
     info = splits.info if splits else data.info(cfg.data.dataset)
-    state = _read_state_dict(Path(args.weights))
-    model = models.create(args.arch, num_classes=info.num_classes, in_channels=info.channels,
-                          image_size=info.image_size, normalization=normalization(args.normalization, info))
-    checkpoint.load_state_checked(model, state, args.weights, args.arch)
-    model = model.to(device).eval()
+    model = model_from_weights(Path(args.weights), args.arch, info, args.normalization).to(device)
     splits = splits or load_data(cfg.data, progress=not args.quiet)
     out_dir = Path(args.out) if args.out else Path(args.weights).parent
     report = evaluate_checkpoint(Path(args.weights), cfg, splits, device, out_dir, not args.quiet,
                                  model=model, meta={"arch": args.arch})
     _print_report(report, out_dir)
     return 0
-
-
-def _read_state_dict(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch and safetensors raise many types for unreadable or unsafe files
-        raise CheckpointError(f"cannot load {path} as a state dict ({str(e).splitlines()[0]})") from None
-    for key in ("state_dict", "model", "model_state_dict"):  # common wrappers of published files
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 # ----------------------------------------------------------------------------- list
@@ -212,6 +232,56 @@ def cmd_list(args, extra) -> int:
     for name, items in tables.items():
         if what in ("all", name):
             print(f"{name}: {', '.join(items)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args, extra) -> int:
+    import json
+
+    from . import bench
+    from .factory import resolve_device
+
+    if extra:
+        raise ConfigError(f"unrecognized argument '{extra[0]}'; see advrep bench --help")
+    device = resolve_device(args.device or "auto")
+    cuda = device.type == "cuda"
+    setup = bench.Setup(method=args.method, arch=args.arch, dataset=args.dataset, batch_size=args.batch_size,
+                        device=device, images=args.images, amp=args.amp == "on" or (args.amp == "auto" and cuda),
+                        channels_last=args.channels_last == "on" or (args.channels_last == "auto" and cuda))
+    result = bench.run(setup, calls=args.calls)
+    print(json.dumps(result, indent=1) if args.json else bench.format_result(result))
+    return 0
+
+
+# ----------------------------------------------------------------------------- analyze, compare
+
+
+def cmd_analyze(args, extra) -> int:
+    from .analysis import analyze_run
+
+    names = None
+    if args.readouts is not None:  # "[a,b]" or "a,b"; "[]" asks for none
+        names = [t.strip() for t in args.readouts.strip().strip("[]").split(",") if t.strip()]
+    result, out_dir = analyze_run(Path(args.run_dir), _overrides(args, extra), args.out and Path(args.out),
+                                  names, args.embedding, progress=not args.quiet)
+    g = result["geometry"]
+    print(f"{result['n']} test images, clean {100 * result['accuracy']['clean']:.2f}%, robust (PGD) "
+          f"{100 * result['accuracy']['robust']:.2f}%; Fisher-style F_min clean {g['clean']['fisher_min']:.2f}, "
+          f"adversarial {g['adv']['fisher_min']:.2f}; min angle {result['angles']['min_deg']:.1f}°")
+    print(f"analysis in {out_dir / 'analysis.json'} ({', '.join(result['figures'])})")
+    return 0
+
+
+def cmd_compare(args, extra) -> int:
+    from .compare import compare
+
+    out_dir = compare([Path(d) for d in args.run_dirs], args.out and Path(args.out), n=args.n,
+                      embedding=args.embedding, overrides=_overrides(args, extra), progress=not args.quiet)
+    print((out_dir / "compare.md").read_text(encoding="utf-8").split("## Feature geometry")[0].rstrip())
+    print(f"comparison in {out_dir / 'compare.md'} and {out_dir / 'compare.html'}")
     return 0
 
 
@@ -248,10 +318,40 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("bench", help="images/s of advrep's attack, train step and epoch vs the plain way")
+    p.add_argument("--method", default="pgd-at")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--dataset", default="cifar10", help="sets the image shape, classes and threat model")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--images", type=int, default=2048, help="images in the timed epoch")
+    p.add_argument("--calls", type=int, default=5, help="timed calls of the attack and the train step")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: on CUDA)")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("list", help="registered datasets, models, heads, methods and add-on terms")
     p.add_argument("what", nargs="?", choices=["datasets", "models", "heads", "methods", "terms"])
     p.add_argument("--markdown", action="store_true", help="methods: the docs/methods.md table")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("analyze", help="feature-space geometry, per-stage distances and embeddings of a run")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--n", type=int, help="analyze the first N test images (default eval.n, else 1000)")
+    p.add_argument("--checkpoint", choices=["best", "last"], help="which checkpoint (default best)")
+    p.add_argument("--readouts", metavar="[NAME,...]", help="read-outs to add (default: the run's method's)")
+    p.add_argument("--embedding", choices=["tsne", "pca"], default="tsne", help="2-D embedding (default tsne)")
+    common(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("compare", help="runs side by side: compare.md and a self-contained compare.html")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--n", type=int, default=500, help="test images for what is computed here (default 500)")
+    p.add_argument("--embedding", choices=["tsne", "pca"], default="tsne",
+                   help="for runs not analyzed yet (default tsne)")
+    common(p)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

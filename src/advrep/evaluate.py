@@ -116,7 +116,7 @@ def summarize(masks: dict[str, torch.Tensor], ev: EvalConfig) -> dict[str, dict]
     return rows
 
 
-def _eps_sweep(model, x, y, threat, ev, device) -> list[dict]:
+def eps_sweep(model, x, y, threat, ev, device) -> list[dict]:
     """PGD accuracy at each eps of ``ev.eps_sweep`` (steps of 2.5·eps/k, as Madry et al.)."""
     out = []
     for eps in ev.eps_sweep:
@@ -154,7 +154,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
         extra["autoattack_acc"] = masks["autoattack"].float().mean().item()
     rows = summarize(masks, ev)
     if ev.eps_sweep:
-        extra["eps_sweep"] = _eps_sweep(model, x, y, threat, ev, device)
+        extra["eps_sweep"] = eps_sweep(model, x, y, threat, ev, device)
     if ev.checks:
         k = min(ev.checks_n, len(x))
         extra["checks"] = checks.run(model, x[:k].to(device).float().div(255), y[:k].to(device), threat=threat,

@@ -8,7 +8,8 @@ import torch
 
 from . import checkpoint, data, models
 from .config import DataConfig, ModelConfig
-from .errors import ConfigError
+from .models import ra
+from .errors import CheckpointError, ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
