@@ -1,7 +1,4 @@
-"""Adv-DPNP's MNIST experiments: the sweep that settles its defaults, and comparison tables.
-
-The sweep settles α, λ_pos, λ_neg and λ_cons; the tables show robustness with the geometry
-read-out of every run of a comparison.
+"""Adv-DPNP's MNIST sweep: the small recorded sweep that settles α, λ_pos, λ_neg and λ_cons.
 
 ``sweep``: one factor at a time around the start values; a value is kept only if it beats the
 start's mean over three seeds by more than twice their standard deviation, and the kept values
@@ -10,13 +7,11 @@ are then run together (three seeds) and adopted if their mean beats the start's.
 selection never looks at the test set): a run's score is the PGD accuracy on the 1,000-image
 validation slice at its best epoch. Runs already finished are reused.
 
-``report``: the Markdown tables of finished run directories (report.json with the
-``prototype_geometry`` read-out, as `scripts/compare_mnist.py --set=--eval.readouts=[prototype_geometry]`
-makes them).
+The comparison with pgd-at and trades (robustness and the ``prototype_geometry`` read-out of each)
+is made by `scripts/compare_mnist.py` (docs/results/adv-dpnp-mnist.md).
 
     python scripts/sweep_dpnp.py sweep --data-dir ../shared/data/mnist --out runs/dpnp/sweep \
-        --table runs/dpnp/sweep/table.md
-    python scripts/sweep_dpnp.py report runs/dpnp/compare/pgd-at runs/dpnp/compare/adv-dpnp
+        --table docs/results/adv-dpnp-sweep.md
 """
 
 from __future__ import annotations
@@ -131,30 +126,6 @@ def sweep(args) -> int:
     return 0
 
 
-def pct(row: dict) -> str:
-    lo, hi = row["ci95"]
-    return f"{100 * row['acc']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def report(args) -> int:
-    runs = [(Path(d).name, json.loads((Path(d) / "report.json").read_text())) for d in args.runs]
-    attacks = list(dict.fromkeys(k for _, r in runs for k in r["attacks"]))
-    labels = {k: next(r["attacks"][k]["label"] for _, r in runs if k in r["attacks"]) for k in attacks}
-    lines = ["| method | " + " | ".join(labels[k] for k in attacks) + " |", "|---|" + "---|" * len(attacks)]
-    for name, r in runs:
-        lines.append(f"| `{name}` | " + " | ".join(pct(r["attacks"][k]) if k in r["attacks"] else "—"
-                                                 for k in attacks) + " |")
-    keys = ["class_vectors", "intra_rel", "intra_rel_adv", "min_angle_deg", "margin_rel", "margin_rel_adv",
-            "intra", "intra_adv", "margin", "margin_adv"]
-    lines += ["", "| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for name, r in runs:
-        g = r["readouts"]["prototype_geometry"]
-        lines.append(f"| `{name}` | " + " | ".join(f"{g[k]:.3g}" if isinstance(g[k], float) else g[k]
-                                                 for k in keys) + " |")
-    print("\n".join(lines))
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,9 +136,6 @@ def main() -> int:
     p.add_argument("--subset", type=int, default=10000, help="training images (after the validation slice)")
     p.add_argument("--epochs", type=int, default=1)
     p.set_defaults(fn=sweep)
-    p = sub.add_parser("report", help="robustness and geometry tables of finished runs")
-    p.add_argument("runs", nargs="+")
-    p.set_defaults(fn=report)
     args = parser.parse_args()
     return args.fn(args)
 

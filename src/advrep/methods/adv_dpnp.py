@@ -22,13 +22,13 @@ With ``c_j = α·v_j/‖v_j‖`` the ``prototype`` head's rows (radius α, ``mod
 ``dpnp`` is the same head and clean branch without adversarial examples.
 
 Threat model: the config's ``threat`` section (Linf 8/255, step 2/255, 10 steps on CIFAR-like
-data; 0.3, 0.01, 40 on MNIST-like). Defaults: λ_pos = 0.1, λ_neg = 1, λ_cons = 6, α = 4 (the
+data; 0.3, 0.01, 40 on MNIST-like). Defaults: λ_pos = 0.1, λ_neg = 1, λ_cons = 6, α = 1 (the
 head's default), settled by the MNIST sweep in docs/adv-dpnp.md.
 
 Example::
 
     advrep train --config configs/adv-dpnp-mnist-small-cnn.yaml --method.lambda_cons=6 \\
-        --model.head_args="{alpha: 4}"
+        --model.head_args="{alpha: 1}"
 """
 
 from __future__ import annotations

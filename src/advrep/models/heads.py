@@ -67,7 +67,7 @@ class PrototypeHead(nn.Module):
     length only, which is what the DPNP regularizers assume.
     """
 
-    def __init__(self, in_features: int, num_classes: int, *, alpha: float = 4.0):
+    def __init__(self, in_features: int, num_classes: int, *, alpha: float = 1.0):
         super().__init__()
         if not float(alpha) > 0:
             raise ConfigError(f"prototype head alpha must be positive, got {alpha}")
