@@ -1,5 +1,7 @@
 """Methods: the registry contract for every method, and each formula on hand-checkable tensors."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -204,8 +206,17 @@ def test_objective_equals_the_original_implementation(name):
     assert abs(loss.item() - expected.item()) <= 1e-6 * abs(expected.item())
 
 
+# Methods whose objective is checked against hand-computed values in their own test file.
+OWN_FORMULA_TESTS = {"adv-dpnp": "test_adv_dpnp.py", "dpnp": "test_adv_dpnp.py", "spat": "test_spat.py",
+                     "aalp": "test_aalp.py"}
+
+
 def test_every_registered_method_has_a_reference_test():
-    assert set(REFERENCES) == set(methods.METHODS.names())
+    assert set(REFERENCES) | set(OWN_FORMULA_TESTS) == set(methods.METHODS.names())
+    assert not set(REFERENCES) & set(OWN_FORMULA_TESTS)
+    for name, file in OWN_FORMULA_TESTS.items():
+        text = (Path(__file__).parent / file).read_text()
+        assert f'"{name}"' in text and ".objective(" in text, f"{file} must check {name}'s objective"
 
 
 def test_mart_and_alp_keep_gradients_on_both_sides():
