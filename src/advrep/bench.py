@@ -1,0 +1,187 @@
+"""``advrep bench``: images per second of advrep's attack step, train step and epoch, next to
+the same work done the plain way, measured in the same process on the same device.
+
+The plain way is how the reference implementations run (TRADES, MART, fast_adversarial):
+fp32; a host data loader (torch DataLoader, crop and flip per image on the CPU, a copy to
+the device per batch); attack gradients from ``loss.backward()``, which also fills every
+parameter's ``.grad``; and, for KL attacks (TRADES, SPAT), the clean logits recomputed at
+every attack step. advrep's way is what ``advrep train`` runs: device-resident uint8 data
+augmented on the device, ``method.perturb`` (input gradients only, clean targets computed
+once), bf16 autocast and channels_last on CUDA. The loss of the outer step is the method's
+own in both, so the ratio isolates how the work is done, not what is computed.
+
+Data are random images of the dataset's shape: speed does not depend on pixel values.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import data, methods, models
+from .config import FAMILY_THREAT
+from .data.loader import DeviceLoader, random_crop, random_flip
+from .tensors import fp32
+
+KL_ATTACKS = ("trades", "spat")  # methods whose attack maximizes a KL-type loss against clean outputs
+
+
+@dataclass
+class Setup:
+    method: str
+    arch: str
+    dataset: str
+    batch_size: int
+    device: torch.device
+    images: int  # per "epoch"
+    amp: bool
+    channels_last: bool
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(fn, images_per_call: int, device, warmup: int, calls: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(device)
+    return images_per_call * calls / (time.perf_counter() - t0)
+
+
+def plain_pgd(model, x, y, *, eps, step_size, steps, kl: bool):
+    """The textbook loop of the reference code: backward() into every parameter, fp32, and
+    (TRADES) the clean prediction recomputed at each step."""
+    x_adv = (x + 0.001 * torch.randn_like(x)) if kl else (x + torch.empty_like(x).uniform_(-eps, eps))
+    x_adv = x_adv.clamp(0, 1).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        if kl:
+            loss = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(model(x), 1), reduction="sum")
+        else:
+            loss = F.cross_entropy(model(x_adv), y)
+        model.zero_grad()
+        loss.backward()
+        x_adv = x_adv.detach() + step_size * x_adv.grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+def _host_loader(x_uint8, y, batch_size, augment: str):
+    """A DataLoader over CPU tensors with per-image crop/flip, as torchvision transforms do."""
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x_uint8)
+
+        def __getitem__(self, i):
+            img = x_uint8[i:i + 1]
+            gen = torch.Generator().manual_seed(i)
+            if "crop" in augment:
+                img = random_crop(img, 4, gen)
+            if "flip" in augment:
+                img = random_flip(img, gen)
+            return img[0].float() / 255, y[i]
+
+    return torch.utils.data.DataLoader(Images(), batch_size=batch_size, shuffle=True, num_workers=0)
+
+
+def run(s: Setup, warmup: int = 2, calls: int = 5) -> dict:
+    info = data.info(s.dataset)
+    fam = FAMILY_THREAT[info.family]
+    threat = dict(eps=fam["eps"], step_size=fam["step_size"], steps=fam["steps"])
+    torch.manual_seed(0)
+    model = models.create(s.arch, num_classes=info.num_classes, in_channels=info.channels,
+                          image_size=info.image_size, head=methods.head_of(s.method) or "linear",
+                          normalization=(info.mean, info.std)).to(s.device)
+    method = methods.create(s.method, **threat)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x_all = torch.randint(0, 256, (s.images, info.channels, info.image_size, info.image_size), dtype=torch.uint8)
+    y_all = torch.randint(0, info.num_classes, (s.images,))
+    x = x_all[:s.batch_size].to(s.device).float() / 255
+    y = y_all[:s.batch_size].to(s.device)
+    amp = torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp)
+    fast_model = model.to(memory_format=torch.channels_last) if s.channels_last else model
+    x_fast = x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
+    kl = s.method.split("+")[0] in KL_ATTACKS
+
+    def fast_attack(xb=x_fast, yb=y):
+        with amp:
+            return method.perturb(fast_model, xb, yb)
+
+    def plain_attack(xb=x, yb=y):
+        if not method.adversarial:
+            return xb
+        with methods.base.bn_mode(model, method.cfg.attack_bn):
+            return plain_pgd(model, xb, yb, eps=threat["eps"], step_size=threat["step_size"],
+                             steps=threat["steps"], kl=kl)
+
+    def step(attack, xb, yb, autocast):
+        x_adv = attack(xb, yb)
+        with autocast:
+            model.train()
+            loss, _ = method.objective(model, xb, x_adv, yb)
+        opt.zero_grad(set_to_none=True)
+        fp32(loss).backward()
+        opt.step()
+
+    def fast_step(xb=x_fast, yb=y):
+        step(fast_attack, xb, yb, amp)
+
+    def plain_step(xb=x, yb=y):
+        step(plain_attack, xb, yb, torch.autocast(s.device.type, enabled=False))
+
+    fast_loader = DeviceLoader(x_all, y_all, s.batch_size, device=s.device, shuffle=True, augment=info.augment,
+                               channels_last=s.channels_last)
+    plain_loader = _host_loader(x_all, y_all, s.batch_size, info.augment)
+
+    def fast_epoch():
+        for xb, yb in fast_loader:
+            fast_step(xb, yb)
+
+    def plain_epoch():
+        for xb, yb in plain_loader:
+            plain_step(xb.to(s.device), yb.to(s.device))
+
+    model.eval()
+    results = {}
+    for name, fast, plain, per_call, n_calls, n_warm in (
+        ("attack", fast_attack, plain_attack, s.batch_size, calls, warmup),
+        ("train_step", fast_step, plain_step, s.batch_size, calls, warmup),
+        ("epoch", fast_epoch, plain_epoch, s.images, 1, 1),
+    ):
+        model.eval() if name == "attack" else model.train()
+        advrep_rate = _rate(fast, per_call, s.device, n_warm, n_calls)
+        plain_rate = _rate(plain, per_call, s.device, n_warm, n_calls)
+        results[name] = {"advrep_img_s": advrep_rate, "plain_img_s": plain_rate, "ratio": advrep_rate / plain_rate}
+    return {"method": s.method, "arch": s.arch, "dataset": s.dataset, "batch_size": s.batch_size,
+            "device": str(s.device), "device_name": _device_name(s.device), "amp_bf16": s.amp,
+            "channels_last": s.channels_last, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "epoch_images": s.images, **results}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def format_result(r: dict) -> str:
+    lines = [f"{r['method']} / {r['arch']} / {r['dataset']}, batch {r['batch_size']}, {r['device_name']} "
+             f"({r['device']}), torch {r['torch']}, bf16 {'on' if r['amp_bf16'] else 'off'}, "
+             f"channels_last {'on' if r['channels_last'] else 'off'}",
+             f"{'':<12}{'advrep img/s':>14}{'plain img/s':>14}{'ratio':>8}"]
+    for name in ("attack", "train_step", "epoch"):
+        x = r[name]
+        lines.append(f"{name:<12}{x['advrep_img_s']:>14.1f}{x['plain_img_s']:>14.1f}{x['ratio']:>7.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""`advrep bench` runs end to end and reports what it measured (its figures are timings, so the
+test checks their form and consistency, never a speed)."""
+
+import json
+
+import pytest
+import torch
+
+from advrep import bench, methods, models
+from advrep.cli import main
+
+
+@pytest.mark.parametrize("method", ["pgd-at", "trades"])
+def test_bench_reports_both_ways_and_their_ratio(method):
+    s = bench.Setup(method=method, arch="small-cnn", dataset="mnist", batch_size=16, device=torch.device("cpu"),
+                    images=32, amp=False, channels_last=False)
+    r = bench.run(s, warmup=1, calls=1)
+    for part in ("attack", "train_step", "epoch"):
+        x = r[part]
+        assert x["advrep_img_s"] > 0 and x["plain_img_s"] > 0
+        assert x["ratio"] == pytest.approx(x["advrep_img_s"] / x["plain_img_s"])
+    assert "ratio" in bench.format_result(r)
+
+
+def test_plain_pgd_is_the_same_attack_as_advreps():
+    """The plain way does the same work: from the same start, plain_pgd and advrep's PGD give
+    the same adversarial examples (fp32, CPU), so the bench's ratio compares only how."""
+    torch.manual_seed(0)
+    model = models.create("small-cnn", num_classes=10, in_channels=1, image_size=28).eval()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    method = methods.create("pgd-at", eps=0.3, step_size=0.05, steps=5)
+    torch.manual_seed(1)
+    fast = method.perturb(model, x, y)
+    torch.manual_seed(1)
+    plain = bench.plain_pgd(model, x, y, eps=0.3, step_size=0.05, steps=5, kl=False)
+    assert (fast - plain).abs().max() < 1e-5
+
+
+def test_bench_command_prints_json(capsys):
+    assert main(["bench", "--method", "fgsm-rs", "--arch", "small-cnn", "--dataset", "mnist", "--batch-size", "8",
+                 "--images", "16", "--calls", "1", "--device", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["device"] == "cpu" and r["amp_bf16"] is False and set(r["epoch"]) == {"advrep_img_s", "plain_img_s", "ratio"}
