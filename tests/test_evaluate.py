@@ -178,8 +178,8 @@ def test_a_normally_trained_model_passes_every_check(mnist_runs, mnist_test):
 def test_eval_command_trains_and_caches_a_surrogate_and_prints_the_checks(mnist_runs, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", str(mnist_runs["pgd-at"]), "--quiet", "--n", "60", "--out", str(out),
-                 "--eval.attacks=[pgd]", "--eval.pgd_steps=5", "--eval.checks_n=30", "--eval.square_queries=50",
-                 "--eval.corruptions=none"]) == 0
+                 "--eval.attacks=[pgd]", "--eval.pgd_steps=5", "--eval.checks=true", "--eval.checks_n=30",
+                 "--eval.square_queries=50", "--eval.corruptions=none"]) == 0  # the session runs have checks off
     printed = capsys.readouterr().out
     assert "gradient-masking checks" in printed
     report = json.loads((out / "report.json").read_text())

@@ -153,10 +153,6 @@ def _print_report(report: dict, out_dir: Path) -> None:
     from .evaluate import format_table
 
     print(format_table(report))
-    if "checks" in report:
-        from .checks import summary
-
-        print(summary(report["checks"]))
     print(f"clean {100 * report['clean_acc']:.2f}%, robust (worst case over the attacks) "
           f"{100 * report['robust_acc']:.2f}%; report in {out_dir / 'report.json'}")
 
