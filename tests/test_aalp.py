@@ -138,7 +138,7 @@ def expected_loss(logits, weighting, lam, gamma):
 @pytest.mark.parametrize("train", [True, False])
 def test_total_loss_on_hand_checkable_tensors(weighting, lam, gamma, train):
     p, _, _ = table_passes(train)
-    method = methods.create("aalp", weighting=weighting, lam=lam, gamma=gamma)
+    method = methods.create("aalp", guide="label", weighting=weighting, lam=lam, gamma=gamma)
     loss, metrics = method.loss(p, torch.tensor([0, 1]))
     expected, w = expected_loss(TRAIN_LOGITS if train else EVAL_LOGITS, weighting, lam, gamma)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
@@ -154,13 +154,14 @@ PREDICTION_LOGITS = ([[0, 8], [0, 6]], [[0, 6], [2, 6]])
 
 def test_prediction_guided_masks_do_not_read_the_label():
     p, _, _ = table_passes(train=True)
+    assert methods.create("aalp").cfg.guide == "prediction"  # the default
     loss, _ = methods.create("aalp", guide="prediction").loss(p, torch.tensor([0, 1]))
     assert loss.item() == pytest.approx(expected_loss(PREDICTION_LOGITS, "prob", 0.5, 1.0)[0], rel=1e-6)
 
 
 def test_guided_dropout_passes_gradient_to_the_kept_features_only():
     p, h, h_adv = table_passes(train=True)
-    loss, _ = methods.create("aalp").loss(p, torch.tensor([0, 1]))
+    loss, _ = methods.create("aalp", guide="label").loss(p, torch.tensor([0, 1]))
     g, g_adv = torch.autograd.grad(loss, [h, h_adv])
     assert g[0, [1, 3]].eq(0).all() and g[1, [0, 2]].eq(0).all()
     assert g[0, [0, 2]].ne(0).all() and g[1, [1, 3]].ne(0).all()

@@ -9,10 +9,11 @@ The paper gives the ideas but no formulas and no code, so everything below beyon
   (:mod:`advrep.contributions`).
 - Guided dropout, training only, on the clean and on the adversarial pass of the loss
   (logits ``head(mask ⊙ h · scale)``, each pass masked by its own contributions).
-  ``guide=label`` (METHODS.md) ranks by the contributions to the true class; this leaks the
-  label into the training logits, and on MNIST the network learns to classify only through
-  the mask (chance accuracy without it, docs/aalp.md). ``guide=prediction`` ranks by the
+  ``guide=prediction`` (the default, advrep's departure from METHODS.md) ranks by the
   contributions to the class the pass's own undropped logits predict, which does not read ``y``.
+  ``guide=label`` (METHODS.md's literal reading) ranks by the contributions to the true class;
+  this leaks the label into the training logits, and on MNIST the network learns to classify
+  only through the mask (chance accuracy without it, docs/aalp.md).
   ``keep=top-fraction`` keeps the round(ρ·d) features with the largest contribution per
   sample (ties: the lower feature index wins) and rescales them by 1/ρ;
   ``keep=threshold`` keeps the features with ``r_ik ≥ threshold`` and rescales them by
@@ -25,12 +26,12 @@ The paper gives the ideas but no formulas and no code, so everything below beyon
 - Loss ``½·CE(f, y) + ½·CE(f', y) + λ·(1/B)·Σ_i w_i·d_i`` with ``d_i = mean_k(f_ik − f'_ik)²``.
 
 Attack: ALP's (PGD on ``CE(f', y)`` from a uniform start; ``attack_target=least-likely``).
-Defaults: guide=label, ρ = 0.5, keep=top-fraction, weighting=prob, γ = 1, λ = 0.5; threat
+Defaults: guide=prediction, ρ = 0.5, keep=top-fraction, weighting=prob, γ = 1, λ = 0.5; threat
 model as for pgd-at; needs the linear head. Logs the read-out ``contribution_concentration``.
 
 Example::
 
-    advrep train --config configs/aalp-mnist-small-cnn.yaml --method.guide=prediction --method.rho=0.5
+    advrep train --config configs/aalp-mnist-small-cnn.yaml --method.rho=0.5 --method.weighting=binary
 """
 
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ from .registry import register
 
 @dataclass
 class AalpConfig(AlpConfig):
-    guide: Literal["label", "prediction"] = "label"
+    guide: Literal["label", "prediction"] = "prediction"
     keep: Literal["top-fraction", "threshold"] = "top-fraction"
     rho: float = 0.5
     threshold: float = 0.0
@@ -86,7 +87,7 @@ class Aalp(Alp):
     head = "linear"
     readouts = ("contribution_concentration",)
     formula = ("½·CE(f, y) + ½·CE(f', y) + λ·(1/B)·Σ_i w_i·mean_k(f_ik − f'_ik)², w_i = sg(p'_{i,y_i})^γ, "
-               "f, f' from guided dropout (training only: keep the top-ρ features by h_ik·W_{y_i,k}, ×1/ρ); "
+               "f, f' from guided dropout (training only: keep the top-ρ features by h_ik·W_{ŷ_i,k}, ŷ_i the pass's prediction, ×1/ρ); "
                "attack: as alp; advrep's reading")
     source = "Wu, Sang, Xu, Zheng, Xu, ACM TOMM 2024 (arXiv 2005.11904); no code released"
 
