@@ -4,7 +4,10 @@
         --table docs/results/mnist-baselines.md standard pgd-at trades mart alp clp fgsm-rs trades+lp
 
 Every run is `advrep train` with the quickstart recipe and the same overrides (printed in the
-table), so each row can be reproduced on its own. Runs already finished are reused. A row is a
+table), so each row can be reproduced on its own. Runs already finished are reused. With
+``--trained DIR``, a row whose ``DIR/LABEL`` run already finished training is not trained again:
+its best checkpoint is evaluated anew (``advrep eval``) with the ``--eval.*`` overrides of
+``--set``, e.g. to add AutoAttack to runs that were trained without it. A row is a
 method or a variant with its own overrides, ``"LABEL=METHOD --key=value ..."`` (one argument);
 the read-outs in the runs' reports become tables below the accuracy table.
 """
@@ -67,6 +70,8 @@ def main() -> int:
     parser.add_argument("--title", default="MNIST: every baseline under one budget")
     parser.add_argument("--set", action="append", default=[], metavar="--KEY=VALUE",
                         help="an extra override for every run (repeatable), e.g. --set=--model.head=prototype")
+    parser.add_argument("--trained", metavar="DIR", help="evaluate the finished runs DIR/LABEL anew instead of "
+                        "training them again (only the --eval.* overrides of --set apply)")
     parser.add_argument("--note", action="append", default=[], help="a paragraph to add below the tables")
     args = parser.parse_args()
     budget = BUDGET + args.set
@@ -74,14 +79,21 @@ def main() -> int:
     for spec in args.runs:
         label, method, own = run_spec(spec)
         run = Path(args.out) / label
-        cmd = ["advrep", "train", *budget, f"--method={method}", *own, "--data-dir", args.data_dir, "--out",
-               str(run), "--quiet"]
+        trained = Path(args.trained) / label if args.trained else None
+        if trained and (trained / "best").exists() and (trained / "report.json").is_file():
+            cmd = ["advrep", "eval", str(trained), *(o for o in budget if o.startswith("--eval.")),
+                   *(o for o in own if o.startswith("--eval.")), "--data-dir", args.data_dir, "--out", str(run),
+                   "--quiet"]
+        else:
+            trained = run
+            cmd = ["advrep", "train", *budget, f"--method={method}", *own, "--data-dir", args.data_dir, "--out",
+                   str(run), "--quiet"]
         if not (run / "report.json").is_file():
             t0 = time.time()
             subprocess.run([sys.executable, "-m", "advrep", *cmd[1:]], check=True)
             print(f"{label}: {time.time() - t0:.0f}s", flush=True)
         report = json.loads((run / "report.json").read_text())
-        train_s = sum(json.loads(r)["train_time_s"] for r in (run / "metrics.jsonl").read_text().splitlines())
+        train_s = sum(json.loads(r)["train_time_s"] for r in (trained / "metrics.jsonl").read_text().splitlines())
         rows.append((label, own, report, train_s))
     aa = any("autoattack" in r["attacks"] for _, _, r, _ in rows)
     ev = rows[0][2]["eval"]
@@ -131,10 +143,16 @@ def main() -> int:
         lines += ["", note]
     lines += ["", "Produced by:", "", "```bash",
               shlex.join(["python", "scripts/compare_mnist.py", "--data-dir", args.data_dir, "--out", args.out,
+                          *(["--trained", args.trained] if args.trained else []),
                           "--table", args.table, "--title", args.title, *(f"--set={o}" for o in args.set),
                           *args.runs]), "```", "", "which runs, for each row:", "", "```bash",
               shlex.join(["advrep", "train", *budget, "--method=METHOD", "[OWN OVERRIDES]", "--data-dir",
                           args.data_dir, "--out", f"{args.out}/LABEL"]), "```", ""]
+    if args.trained:
+        lines[-1:-1] = ["or, for a row already trained in " + args.trained + ", evaluates that run anew:", "",
+                        "```bash", shlex.join(["advrep", "eval", f"{args.trained}/LABEL",
+                                               *(o for o in budget if o.startswith("--eval.")), "--data-dir",
+                                               args.data_dir, "--out", f"{args.out}/LABEL"]), "```", ""]
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)
     Path(args.table).write_text("\n".join(lines))
     print("\n".join(lines))
