@@ -127,18 +127,19 @@ def test_l2_evaluation_and_eps_sweep(mnist_runs, mnist_test):
 
 def test_standard_cifar10_network_is_not_robust_at_8_255(tmp_path, shared):
     run = tmp_path / "run"
+    # Two epochs of Adam on the whole training set, the last epoch evaluated (the best-by-validation-
+    # robustness epoch of a standard run is its least trained one).
     assert main(["train", "--quiet", "--data-dir", str(shared("cifar10")), "--dataset", "cifar10", "--out", str(run),
-                 "--model.arch=small-cnn", "--method=standard", "--data.train_subset=25000", "--train.epochs=1",
+                 "--model.arch=small-cnn", "--method=standard", "--train.epochs=2",
                  "--train.optimizer=adam", "--train.lr=0.001", "--train.schedule=constant", "--data.augment=none",
-                 "--train.weight_decay=0", "--data.val_size=100",
+                 "--train.weight_decay=0", "--data.val_size=100", "--eval.checkpoint=last",
                  "--eval.n=500", "--eval.attacks=[pgd]", "--eval.checks=false", "--eval.corruptions=none"]) == 0
     report = json.loads((run / "report.json").read_text())
     print(f"\nstandard small-cnn on CIFAR-10: clean {report['clean_acc']:.3f}, PGD-20 {report['robust_acc']:.3f}")
     assert report["eps"] == pytest.approx(8 / 255) and report["attacks"]["pgd"]["label"] == "PGD-20"
-    # One CPU epoch of the small CNN reaches ~42% clean; PGD-20 leaves ~4% (PGD-50 and CW-50 give the
-    # same, 3% together), a residue of large-margin points of an underfit network, not a weak attack.
-    assert report["clean_acc"] > 0.35, "the network must have learned something"
-    assert report["robust_acc"] <= 0.06 and report["robust_acc"] < report["clean_acc"] / 6
+    # Measured here: clean 58.8%, PGD-20 0.4% (2 of 500 images).
+    assert report["clean_acc"] > 0.5, "the network must have learned something"
+    assert report["robust_acc"] <= 0.02
 
 
 # ------------------------------------------------------------------ gradient-masking checks
