@@ -80,7 +80,7 @@ def main() -> int:
         label, method, own = run_spec(spec)
         run = Path(args.out) / label
         trained = Path(args.trained) / label if args.trained else None
-        if trained and (trained / "best").exists() and (trained / "report.json").is_file():
+        if trained and (trained / "best.safetensors").is_file() and (trained / "report.json").is_file():
             cmd = ["advrep", "eval", str(trained), *(o for o in budget if o.startswith("--eval.")),
                    *(o for o in own if o.startswith("--eval.")), "--data-dir", args.data_dir, "--out", str(run),
                    "--quiet"]

@@ -303,3 +303,21 @@ def test_a_term_needing_a_head_the_model_lacks_fails_at_config_load(monkeypatch)
     with pytest.raises(ConfigError, match="term 'lp' needs model.head=prototype, got 'linear'"):
         config.load(None, ["--method=trades+lp", "--model.head=linear"])
     assert config.load(None, ["--method=trades+lp"]).model.head is None, "auto: filled by resolve"
+
+
+def test_clp_noise_trains_on_noisy_inputs_only():
+    """clp with ``noise`` > 0: the loss is CLP's formula on the noisy batch that perturb returns,
+    and the clean batch is never run; noise 0 returns the batch itself."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double()
+    x, y = torch.rand(4, 1, 2, 2, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    assert methods.create("clp").perturb(model, x, y) is x
+    noisy = methods.create("clp", noise=0.5)
+    x_noisy = noisy.perturb(model, x, y)
+    assert x_noisy.shape == x.shape and not torch.equal(x_noisy, x) and 0 <= x_noisy.min() and x_noisy.max() <= 1
+    loss, _ = noisy.objective(model, x + float("nan"), x_noisy, y)  # the clean batch must not be read
+    f = model(x_noisy)
+    expected = F.cross_entropy(f, y) + 0.5 * (f[:2] - f[2:]).pow(2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-9)
+    with pytest.raises(ConfigError, match="noise"):
+        methods.create("clp", noise=-0.1)
