@@ -41,3 +41,21 @@ def test_bench_command_prints_json(capsys):
                  "--images", "16", "--calls", "1", "--device", "cpu", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["device"] == "cpu" and r["amp_bf16"] is False and set(r["epoch"]) == {"advrep_img_s", "plain_img_s", "ratio"}
+
+
+def test_bench_compiles_advreps_side_only(monkeypatch):
+    """--compile: advrep's copy of the model is compiled (graphs captured), the plain way's is not,
+    and the report says which mode ran."""
+    import torch._dynamo
+
+    from advrep import train as train_mod
+
+    graphs = []
+    monkeypatch.setattr(train_mod, "COMPILE_BACKEND", lambda gm, inputs: graphs.append(1) or gm.forward)
+    torch._dynamo.reset()
+    s = bench.Setup(method="pgd-at", arch="small-cnn", dataset="mnist", batch_size=8, device=torch.device("cpu"),
+                    images=16, amp=False, channels_last=False, compile="default")
+    r = bench.run(s, warmup=1, calls=1)
+    torch._dynamo.reset()
+    assert graphs and r["compile"] == "default" and "compile default" in bench.format_result(r)
+    assert r["train_step"]["advrep_img_s"] > 0

@@ -199,3 +199,35 @@ def test_every_method_trains_on_real_mnist(tmp_path, shared, method):
                  "best.json", "report.json", "report.md"):
         assert (run / name).is_file(), name
     assert report(run)["method"] == method
+
+
+@pytest.mark.parametrize("method", ["pgd-at", "trades"])
+def test_compiled_model_is_compiled_once_and_trains_as_the_plain_one(tmp_path, shared, monkeypatch, method):
+    """train.compile: the forward pass is compiled once per mode the loop uses (train, attack with
+    frozen parameters, validation) and never again in later epochs; with a backend that runs the
+    captured graphs as they are, the run's metrics and weights equal the uncompiled run's."""
+    import torch._dynamo
+
+    from advrep import train as train_mod
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(len(gm.graph.nodes))
+        return gm.forward
+
+    monkeypatch.setattr(train_mod, "COMPILE_BACKEND", counting_backend)
+    torch._dynamo.reset()
+    data = shared("mnist")
+    plain, compiled = tmp_path / "plain", tmp_path / "compiled"
+    assert train("--data-dir", data, "--out", plain, f"--method={method}", *TINY) == 0
+    assert train("--data-dir", data, "--out", compiled, f"--method={method}", *TINY, "--train.stop_after=1",
+                 "--train.compile=default") == 0
+    after_one_epoch = len(graphs)
+    assert 0 < after_one_epoch <= 6, graphs
+    assert main(["train", "--quiet", "--resume", str(compiled), "--data-dir", str(data)]) == 0
+    assert len(graphs) == after_one_epoch, "a later epoch compiled again"
+    a, b = tensors(plain / "last.safetensors"), tensors(compiled / "last.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    torch._dynamo.reset()

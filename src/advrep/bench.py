@@ -7,7 +7,9 @@ the device per batch); attack gradients from ``loss.backward()``, which also fil
 parameter's ``.grad``; and, for KL attacks (TRADES, SPAT), the clean logits recomputed at
 every attack step. advrep's way is what ``advrep train`` runs: device-resident uint8 data
 augmented on the device, ``method.perturb`` (input gradients only, clean targets computed
-once), bf16 autocast and channels_last on CUDA. The loss of the outer step is the method's
+once), bf16 autocast and channels_last on CUDA, and with ``compile`` the model's forward
+compiled by ``torch.compile`` (as ``train.compile`` does; the warm-up calls absorb the
+compilation). The loss of the outer step is the method's
 own in both, so the ratio isolates how the work is done, not what is computed.
 
 Data are random images of the dataset's shape: speed does not depend on pixel values.
@@ -15,6 +17,7 @@ Data are random images of the dataset's shape: speed does not depend on pixel va
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -39,6 +42,7 @@ class Setup:
     images: int  # per "epoch"
     amp: bool
     channels_last: bool
+    compile: str = "off"  # a torch.compile mode for advrep's side, or off
 
 
 def _sync(device: torch.device) -> None:
@@ -103,13 +107,19 @@ def run(s: Setup, warmup: int = 2, calls: int = 5) -> dict:
                           image_size=info.image_size, head=methods.head_of(s.method) or "linear",
                           normalization=(info.mean, info.std)).to(s.device)
     method = methods.create(s.method, **threat)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    # advrep's side trains its own copy (the only one compiled), from the same weights
+    fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last) if s.channels_last \
+        else copy.deepcopy(model)
+    if s.compile != "off":
+        from .train import compile_model
+
+        compile_model(fast_model, s.compile)
+    opts = {m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (model, fast_model)}
     x_all = torch.randint(0, 256, (s.images, info.channels, info.image_size, info.image_size), dtype=torch.uint8)
     y_all = torch.randint(0, info.num_classes, (s.images,))
     x = x_all[:s.batch_size].to(s.device).float() / 255
     y = y_all[:s.batch_size].to(s.device)
     amp = torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp)
-    fast_model = model.to(memory_format=torch.channels_last) if s.channels_last else model
     x_fast = x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
     kl = s.method.split("+")[0] in KL_ATTACKS
 
@@ -124,20 +134,20 @@ def run(s: Setup, warmup: int = 2, calls: int = 5) -> dict:
             return plain_pgd(model, xb, yb, eps=threat["eps"], step_size=threat["step_size"],
                              steps=threat["steps"], kl=kl)
 
-    def step(attack, xb, yb, autocast):
+    def step(net, attack, xb, yb, autocast):
         x_adv = attack(xb, yb)
         with autocast:
-            model.train()
-            loss, _ = method.objective(model, xb, x_adv, yb)
-        opt.zero_grad(set_to_none=True)
+            net.train()
+            loss, _ = method.objective(net, xb, x_adv, yb)
+        opts[net].zero_grad(set_to_none=True)
         fp32(loss).backward()
-        opt.step()
+        opts[net].step()
 
     def fast_step(xb=x_fast, yb=y):
-        step(fast_attack, xb, yb, amp)
+        step(fast_model, fast_attack, xb, yb, amp)
 
     def plain_step(xb=x, yb=y):
-        step(plain_attack, xb, yb, torch.autocast(s.device.type, enabled=False))
+        step(model, plain_attack, xb, yb, torch.autocast(s.device.type, enabled=False))
 
     fast_loader = DeviceLoader(x_all, y_all, s.batch_size, device=s.device, shuffle=True, augment=info.augment,
                                channels_last=s.channels_last)
@@ -158,13 +168,14 @@ def run(s: Setup, warmup: int = 2, calls: int = 5) -> dict:
         ("train_step", fast_step, plain_step, s.batch_size, calls, warmup),
         ("epoch", fast_epoch, plain_epoch, s.images, 1, 1),
     ):
-        model.eval() if name == "attack" else model.train()
+        for net in (model, fast_model):
+            net.eval() if name == "attack" else net.train()
         advrep_rate = _rate(fast, per_call, s.device, n_warm, n_calls)
         plain_rate = _rate(plain, per_call, s.device, n_warm, n_calls)
         results[name] = {"advrep_img_s": advrep_rate, "plain_img_s": plain_rate, "ratio": advrep_rate / plain_rate}
     return {"method": s.method, "arch": s.arch, "dataset": s.dataset, "batch_size": s.batch_size,
             "device": str(s.device), "device_name": _device_name(s.device), "amp_bf16": s.amp,
-            "channels_last": s.channels_last, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "channels_last": s.channels_last, "compile": s.compile, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "epoch_images": s.images, **results}
 
 
@@ -179,7 +190,7 @@ def _device_name(device: torch.device) -> str:
 def format_result(r: dict) -> str:
     lines = [f"{r['method']} / {r['arch']} / {r['dataset']}, batch {r['batch_size']}, {r['device_name']} "
              f"({r['device']}), torch {r['torch']}, bf16 {'on' if r['amp_bf16'] else 'off'}, "
-             f"channels_last {'on' if r['channels_last'] else 'off'}",
+             f"channels_last {'on' if r['channels_last'] else 'off'}, compile {r.get('compile', 'off')}",
              f"{'':<12}{'advrep img/s':>14}{'plain img/s':>14}{'ratio':>8}"]
     for name in ("attack", "train_step", "epoch"):
         x = r[name]

@@ -250,7 +250,8 @@ def cmd_bench(args, extra) -> int:
     cuda = device.type == "cuda"
     setup = bench.Setup(method=args.method, arch=args.arch, dataset=args.dataset, batch_size=args.batch_size,
                         device=device, images=args.images, amp=args.amp == "on" or (args.amp == "auto" and cuda),
-                        channels_last=args.channels_last == "on" or (args.channels_last == "auto" and cuda))
+                        channels_last=args.channels_last == "on" or (args.channels_last == "auto" and cuda),
+                        compile=args.compile)
     result = bench.run(setup, calls=args.calls)
     print(json.dumps(result, indent=1) if args.json else bench.format_result(result))
     return 0
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calls", type=int, default=5, help="timed calls of the attack and the train step")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: on CUDA)")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default="off",
+                   help="torch.compile advrep's model with this mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_bench)

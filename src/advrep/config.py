@@ -86,6 +86,8 @@ class TrainConfig:
     readouts: list[str] = field(default_factory=list)  # per-epoch read-outs beyond the method's own
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
     channels_last: Literal["auto", "on", "off"] = "auto"
+    # torch.compile the model's forward once per run (a torch.compile mode; reduce-overhead adds CUDA graphs)
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
 
 
 @dataclass

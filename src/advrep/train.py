@@ -66,6 +66,24 @@ def _amp_context(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 
+COMPILE_BACKEND = "inductor"  # tests swap in "eager" to count graphs without code generation
+
+
+def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``torch.compile`` the model's forward pass in place, once: its ``forward_features``
+    (which ``forward`` calls) or, for a plain module, ``forward``. The parameters, state dict
+    and attributes stay the module's own, so the methods, the attacks, DDP and checkpoints see
+    the same object. Dynamo keeps one graph per mode the training loop uses (train / eval
+    BatchNorm, parameters frozen by the attack or not, autocast on or off) and reuses each; it
+    does not recompile per step or per ``requires_grad`` toggle."""
+    name = "forward_features" if hasattr(model, "forward_features") else "forward"
+    kwargs = {"backend": COMPILE_BACKEND}
+    if COMPILE_BACKEND == "inductor" and mode != "default":
+        kwargs["mode"] = mode
+    setattr(model, name, torch.compile(getattr(model, name), **kwargs))
+    return model
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  log=print):
@@ -86,6 +104,8 @@ class Trainer:
             cfg.train.channels_last == "auto" and self.device.type == "cuda")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.train.compile != "off":
+            compile_model(self.model, cfg.train.compile)
         self.optimizer = build_optimizer(cfg.train, self.model)
         for module in self.model.modules():  # heads that keep their rows on a sphere
             if hasattr(module, "project_"):
