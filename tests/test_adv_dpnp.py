@@ -285,3 +285,14 @@ def test_a_run_logs_the_geometry_and_keeps_alpha(tmp_path, shared):
     model, _ = model_from_checkpoint(run / "last", "cpu")
     assert model.head.alpha == 2.5
     assert torch.allclose(model.head.prototypes().norm(dim=1), torch.full((10,), 2.5), atol=1e-5)
+
+
+def test_a_checkpoint_records_the_heads_resolved_alpha(tmp_path, shared):
+    """A run that leaves alpha at its default stores the value in the checkpoint, so the model
+    reloads with the alpha it was trained with even if the default changes later."""
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--method=dpnp", "--dataset=mnist", "--model.arch=small-cnn",
+                 "--data-dir", str(shared("mnist")), "--out", str(run),
+                 "--data.train_subset=64", "--data.val_size=0", "--train.epochs=1", "--eval.after_train=false"]) == 0
+    meta = json.loads((run / "last.json").read_text())
+    assert meta["head"] == "prototype" and meta["head_args"] == {"alpha": 1.0}

@@ -35,6 +35,7 @@ from .config import Config, TrainConfig
 from .data.loader import epoch_seed
 from .errors import ConfigError, TrainingError
 from .factory import build_model, load_data, normalization, resolve_device, split_validation
+from .models.heads import resolved_options
 from .readouts import Probe
 
 SYNC_EVERY = 50  # steps between host reads of the non-finite-loss flag
@@ -166,7 +167,8 @@ class Trainer:
     def _meta(self, epoch: int) -> dict:
         c = self.cfg
         return {
-            "arch": c.model.arch, "head": c.model.head, "head_args": c.model.head_args, "ra": c.model.ra,
+            "arch": c.model.arch, "head": c.model.head, "ra": c.model.ra,
+            "head_args": {**c.model.head_args, **resolved_options(self.model.head, c.model.head)},
             "num_classes": self.splits.info.num_classes, "in_channels": self.splits.info.channels,
             "image_size": self.splits.info.image_size, "normalization": c.model.normalization,
             "normalization_values": normalization(c.model.normalization, self.splits.info),

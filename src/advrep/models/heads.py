@@ -92,6 +92,12 @@ def head_options(name: str) -> list[str]:
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
+def resolved_options(head: nn.Module, name: str) -> dict:
+    """Every option of head ``name`` with the value the built ``head`` holds, defaults included:
+    what a checkpoint stores, so it reloads with the same head even after a default changes."""
+    return {option: getattr(head, option) for option in head_options(name)}
+
+
 def check_head(name: str, options: dict) -> None:
     """Raise ConfigError for an unknown head or option, listing the valid choices."""
     valid = head_options(name)
