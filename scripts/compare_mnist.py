@@ -108,7 +108,7 @@ def main() -> int:
         f"threads), torch {torch.__version__}. Budget: the quickstart recipe (2 epochs, Adam 1e-3, batch 64, "
         "5-step PGD of 0.1 in training where the method attacks, eps ramped over the first half epoch) on the "
         "first 20,000 of the 59,000 training images left after the 1,000-image validation slice; the best "
-        "epoch by validation PGD accuracy is evaluated on the first 1,000 test images, Linf eps 0.3: FGSM, "
+        f"epoch by validation PGD accuracy is evaluated on the first {rows[0][2]['n']:,} test images, Linf eps 0.3: FGSM, "
         "PGD-20 (step 0.03, one uniform random start), CW∞-30 (margin loss, step 0.03)." + aa_note
         + " A sample counts as robust only if it is also correct clean (worst case: robust to every attack); "
         "95% Wilson intervals in brackets." + checks_note,
