@@ -96,6 +96,7 @@ def main() -> int:
         train_s = sum(json.loads(r)["train_time_s"] for r in (trained / "metrics.jsonl").read_text().splitlines())
         rows.append((label, own, report, train_s))
     aa = any("autoattack" in r["attacks"] for _, _, r, _ in rows)
+    ra_soft = any("ra-soft" in r["attacks"] for _, _, r, _ in rows)
     ev = rows[0][2]["eval"]
     aa_note = (f" AutoAttack: version `{ev['aa_version']}`{' ' + str(ev['aa_attacks']) if ev.get('aa_attacks') else ''}"
                " on the same images." if aa else "")
@@ -113,9 +114,9 @@ def main() -> int:
         + " A sample counts as robust only if it is also correct clean (worst case: robust to every attack); "
         "95% Wilson intervals in brackets." + checks_note,
         "",
-        "| run | clean | FGSM | PGD-20 | CW∞-30 |" + (" AutoAttack |" if aa else "") + " worst case | masking checks "
-        "| train time |",
-        "|---|---|---|---|---|" + ("---|" if aa else "") + "---|---|---|",
+        "| run | clean | FGSM | PGD-20 | CW∞-30 |" + (" AutoAttack |" if aa else "")
+        + (" PGD-20, RA soft selection |" if ra_soft else "") + " worst case | masking checks | train time |",
+        "|---|---|---|---|---|" + ("---|" if aa else "") + ("---|" if ra_soft else "") + "---|---|---|",
     ]
 
     def cell(row):
@@ -130,6 +131,7 @@ def main() -> int:
         name = f"`{label}`" + (f" ({' '.join(shown)})" if shown else "")
         lines.append(f"| {name} | {cell(a['clean'])} | {cell(a.get('fgsm'))} | {cell(a.get('pgd'))} "
                      f"| {cell(a.get('cw'))} |" + (f" {cell(a.get('autoattack'))} |" if aa else "")
+                     + (f" {cell(a.get('ra-soft'))} |" if ra_soft else "")
                      + f" {cell(a['worst_case'])} | {checks_cell(r)} | {train_s:.0f} s |")
     for name in dict.fromkeys(k for _, _, r, _ in rows for k in r.get("readouts", {})):
         have = [(label, readout_cells(name, r["readouts"][name])) for label, _, r, _ in rows

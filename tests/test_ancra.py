@@ -401,9 +401,54 @@ def test_evaluation_never_sees_the_true_label(selections):
                     corruptions="none", batch_size=12)
     report = evaluate.evaluate(model, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3), ev=ev,
                                device="cpu", progress=False)
-    assert {"fgsm", "pgd", "cw", "autoattack"} <= set(report["attacks"]) and "checks" in report
+    assert {"fgsm", "pgd", "cw", "autoattack", "ra-soft"} <= set(report["attacks"]) and "checks" in report
     assert any(s["attack"] for s in selections)
     assert selections and not any(s["labels"] for s in selections)
+
+
+def test_soft_selection_mixes_the_rows_by_the_auxiliary_softmax_and_passes_gradient():
+    """Inside ra.soft_selection the weighting rows are softmax(a/T)·W: at a tiny T they are the
+    argmax rows (the model as deployed), at T = 1 the exact mix; and, unlike the argmax, the
+    selection carries gradient from the logits back through the auxiliary prediction."""
+    model = small_model(ra_on=True).eval()
+    state = ra.state(model)
+    a = torch.tensor([[2.0, 0.5, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3]])
+    w = model.head.weight
+    assert torch.equal(state._row(a), w[[0]])
+    with ra.soft_selection(model, temperature=1e-4):
+        torch.testing.assert_close(state._row(a), w[[0]])
+    with ra.soft_selection(model):
+        torch.testing.assert_close(state._row(a), F.softmax(a, 1) @ w)
+    assert state.soft is None, "the block restores the deployed selection"
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    with torch.no_grad():
+        deployed = model(x)
+    with ra.soft_selection(model, temperature=1e-4):
+        torch.testing.assert_close(model(x), deployed, rtol=1e-4, atol=1e-4)
+    (g_hard,) = torch.autograd.grad(model(x)[:, 0].sum(), x)
+    with ra.soft_selection(model):
+        (g_soft,) = torch.autograd.grad(model(x)[:, 0].sum(), x)
+    assert not torch.allclose(g_hard, g_soft), "the soft selection adds the selection's gradient"
+
+
+def test_evaluation_of_an_ra_model_adds_the_adaptive_attack_to_the_worst_case():
+    model = small_model(ra_on=True).eval()
+    x, y = (torch.rand(8, 1, 28, 28) * 255).to(torch.uint8), torch.randint(0, 10, (8,))
+    ev = EvalConfig(attacks=["pgd"], pgd_steps=3, pgd_step_size=0.1, checks=False, corruptions="none")
+    report = evaluate.evaluate(model, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3), ev=ev,
+                               device="cpu", progress=False)
+    rows = report["attacks"]
+    assert rows["ra-soft"]["label"] == "PGD-3 (RA soft selection)"
+    assert rows["worst_case"]["correct"] <= min(rows["pgd"]["correct"], rows["ra-soft"]["correct"])
+    plain = small_model().eval()
+    report = evaluate.evaluate(plain, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3), ev=ev,
+                               device="cpu", progress=False)
+    assert "ra-soft" not in report["attacks"]
+    with pytest.raises(ConfigError, match="reverse attention"):
+        evaluate.evaluate(plain, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3),
+                          ev=EvalConfig(attacks=["ra-soft"], checks=False, corruptions="none"), device="cpu",
+                          progress=False)
 
 
 def test_attack_aux_adds_the_auxiliary_losses_to_every_training_attack(spy):

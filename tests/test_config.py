@@ -76,3 +76,16 @@ def test_saved_config_round_trips(tmp_path):
     cfg = config.resolve(config.load(None, ["--method=trades"]), CIFAR)
     config.save(cfg, tmp_path / "c.yaml")
     assert config.load(tmp_path / "c.yaml") == cfg
+
+
+def test_on_and_off_mean_the_words_not_yaml_booleans(tmp_path):
+    """YAML 1.1 reads off/on/no/yes as booleans; for a setting whose choices are words they stay
+    the words, on the command line and in a recipe."""
+    cfg = config.load(None, ["--train.amp=off", "--train.channels_last=on", "--train.compile=off"])
+    assert (cfg.train.amp, cfg.train.channels_last, cfg.train.compile) == ("off", "on", "off")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  amp: off\n  channels_last: no\n")
+    cfg = config.load(recipe, [])
+    assert (cfg.train.amp, cfg.train.channels_last) == ("off", "off")
+    with pytest.raises(ConfigError, match="bad value True for 'train.amp'"):
+        config.load(None, ["--train.amp=on"])  # amp has no "on"

@@ -94,7 +94,8 @@ class TrainConfig:
 class EvalConfig:
     n: Optional[int] = None  # evaluate the first n test images; None = all
     batch_size: int = 500
-    # fgsm, pgd, cw (CW-margin PGD), mt (multi-targeted PGD), square (black-box), autoattack
+    # fgsm, pgd, cw (CW-margin PGD), mt (multi-targeted PGD), square (black-box), autoattack,
+    # ra-soft (adaptive PGD through reverse attention's selection; added for RA models when pgd runs)
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "cw"])
     pgd_steps: Optional[int] = None  # auto: 20 (CIFAR-like), 40 (MNIST-like)
     pgd_step_size: Optional[float] = None  # auto: 2/255, 0.01
@@ -164,6 +165,8 @@ def coerce(value: Any, tp, key: str) -> Any:
                 errors.append(e)
         raise errors[0]
     if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in args:
+            return "on" if value else "off"  # YAML 1.1 reads on/off (and yes/no) as booleans
         if value in args:
             return value
         raise ConfigError(f"bad value {value!r} for '{key}'{suggest(value, map(str, args))}; "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,9 +21,10 @@ from tqdm import tqdm
 from . import __version__, attacks, checks, distributed, readouts
 from .config import EvalConfig, ThreatConfig
 from .errors import ConfigError
+from .models import ra
 from .readouts import Probe
 
-BATCHED = ("fgsm", "pgd", "cw", "mt", "square")  # attacked batch by batch here
+BATCHED = ("fgsm", "pgd", "cw", "mt", "square", "ra-soft")  # attacked batch by batch here
 ATTACKS = (*BATCHED, "autoattack")
 
 
@@ -42,6 +43,7 @@ def attack_label(name: str, ev: EvalConfig) -> str:
     return {"clean": "clean", "fgsm": "FGSM", "pgd": f"PGD-{ev.pgd_steps}" + (
         f"×{ev.pgd_restarts}" if ev.pgd_restarts > 1 else ""), "cw": f"CW∞-{ev.cw_steps}",
         "mt": f"MT-PGD-{ev.pgd_steps}", "square": f"Square-{ev.square_queries}",
+        "ra-soft": f"PGD-{ev.pgd_steps} (RA soft selection)",
         "autoattack": f"AutoAttack ({ev.aa_version})", "worst_case": "worst case"}[name]
 
 
@@ -59,6 +61,12 @@ def run_attack(name: str, model, x, y, threat: ThreatConfig, ev: EvalConfig, num
                                       num_classes=num_classes, **common)
     if name == "square":
         return attacks.square(model, x, y, queries=ev.square_queries, device=device, **common)
+    if name == "ra-soft":  # adaptive: differentiate RA's selection through a softmax, score as deployed
+        if ra.state(model) is None:
+            raise ConfigError("evaluation attack 'ra-soft' needs a model with reverse attention (model.ra)")
+        with ra.soft_selection(model):
+            return attacks.pgd(model, x, y, step_size=ev.pgd_step_size, restarts=ev.pgd_restarts,
+                               steps=ev.pgd_steps, random_start="uniform", **common)
     raise ConfigError(f"unknown evaluation attack '{name}'; choose from: {', '.join(ATTACKS)}")
 
 
@@ -140,6 +148,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
         if ev.n <= 0:
             raise ConfigError(f"eval.n must be positive, got {ev.n}")
         x, y = x[:ev.n], y[:ev.n]
+    if ra.state(model) is not None and "pgd" in ev.attacks and "ra-soft" not in ev.attacks:
+        ev = replace(ev, attacks=[*ev.attacks, "ra-soft"])  # RA's argmax hides gradients: attack it adaptively
     t0 = time.time()
     masks, x_pgd = correctness(model, x, y, threat, ev, device, progress, keep="pgd" if readout_names else None)
     extra: dict = {}

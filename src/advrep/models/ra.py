@@ -83,6 +83,7 @@ class ReverseAttention:
         self.model = model
         self.weight = float(weight)
         self.labels: Optional[torch.Tensor] = None
+        self.soft: Optional[float] = None  # a temperature: the adaptive attack's differentiable selection
         self.points = len(early) + 1
         self.aux: list = [None] * self.points  # (features, logits) of each point, last forward
         self.handles = [model.get_submodule(path).register_forward_hook(
@@ -90,7 +91,10 @@ class ReverseAttention:
         self.handles.append(model.head.register_forward_pre_hook(self._reweight_head))
 
     def _row(self, logits: torch.Tensor) -> torch.Tensor:
-        """The classifier rows ``W[j]`` (B, C): true labels in training, else the auxiliary argmax."""
+        """The classifier rows ``W[j]`` (B, C): true labels in training, else the auxiliary argmax;
+        inside :func:`soft_selection`, the softmax-weighted mix of all rows instead of the argmax."""
+        if self.soft is not None and not (self.model.training and self.labels is not None):
+            return F.softmax(logits / self.soft, 1) @ self.model.head.weight
         if self.model.training and self.labels is not None:
             if len(self.labels) != len(logits):
                 raise ValueError(f"ra.labels got {len(self.labels)} labels for a batch of {len(logits)}")
@@ -153,6 +157,25 @@ def labels(model: nn.Module, y: Optional[torch.Tensor]):
         yield
     finally:
         ra.labels = previous
+
+
+@contextlib.contextmanager
+def soft_selection(model: nn.Module, temperature: float = 1.0):
+    """Within the block, test-time selection uses ``softmax(a/T)·W`` (every row, weighted by the
+    auxiliary prediction) instead of ``W[argmax a]``. The argmax has no gradient with respect
+    to the input, which hides part of the model from gradient attacks; this differentiable
+    stand-in (as BPDA does for a non-differentiable layer) is what the evaluation's adaptive
+    attack ``ra-soft`` differentiates, and its examples are then scored on the model as
+    deployed. A no-op for a model without RA."""
+    ra = state(model)
+    if ra is None:
+        yield
+        return
+    previous, ra.soft = ra.soft, float(temperature)
+    try:
+        yield
+    finally:
+        ra.soft = previous
 
 
 def auxiliary(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
