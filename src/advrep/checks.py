@@ -73,8 +73,7 @@ def _run(model, x, y, threat, ev, device, whitebox, surrogate) -> dict:
 
     cap = 1.0 if norm == "Linf" else float("inf")
     sweep = []
-    for mult in (0.25, 0.5, 1, 2, 4, 8):
-        e = min(eps * mult, cap)
+    for e in dict.fromkeys(min(eps * mult, cap) for mult in (0.25, 0.5, 1, 2, 4, 8)):  # the cap once
         sweep.append({"eps": e, "acc": acc(_pgd(model, x, y, eps=e, norm=norm, steps=ev.pgd_steps, restarts=1,
                                                  batch_size=bs))})
     rises = [(a["eps"], b["eps"]) for a, b in zip(sweep, sweep[1:]) if b["acc"] > a["acc"] + tol]

@@ -202,10 +202,11 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'attack':<20} {'accuracy':>9}   95% CI", "-" * 44]
+    width = max(20, *(len(row["label"]) for row in report["attacks"].values()))
+    lines = [f"{'attack':<{width}} {'accuracy':>9}   95% CI", "-" * (width + 24)]
     for row in report["attacks"].values():
         lo, hi = row["ci95"]
-        lines.append(f"{row['label']:<20} {100 * row['acc']:8.2f}%   [{100 * lo:.1f}, {100 * hi:.1f}]")
+        lines.append(f"{row['label']:<{width}} {100 * row['acc']:8.2f}%   [{100 * lo:.1f}, {100 * hi:.1f}]")
     eps = report["eps"]
     eps_text = f"{eps * 255:.3g}/255" if report["threat_model"] == "Linf" and eps < 0.1 else f"{eps:g}"
     lines.append(f"({report['n']} test images, {report['threat_model']} eps {eps_text})")
