@@ -175,7 +175,8 @@ def run(s: Setup, warmup: int = 2, calls: int = 5) -> dict:
         results[name] = {"advrep_img_s": advrep_rate, "plain_img_s": plain_rate, "ratio": advrep_rate / plain_rate}
     return {"method": s.method, "arch": s.arch, "dataset": s.dataset, "batch_size": s.batch_size,
             "device": str(s.device), "device_name": _device_name(s.device), "amp_bf16": s.amp,
-            "channels_last": s.channels_last, "compile": s.compile, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "channels_last": s.channels_last, "compile": s.compile, "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "epoch_images": s.images, **results}
 
 

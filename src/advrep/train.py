@@ -67,7 +67,7 @@ def _amp_context(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 
-COMPILE_BACKEND = "inductor"  # tests swap in "eager" to count graphs without code generation
+COMPILE_BACKEND = "inductor"  # tests swap in a backend that counts the graphs and runs them as captured
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:

@@ -87,7 +87,8 @@ class Aalp(Alp):
     head = "linear"
     readouts = ("contribution_concentration",)
     formula = ("½·CE(f, y) + ½·CE(f', y) + λ·(1/B)·Σ_i w_i·mean_k(f_ik − f'_ik)², w_i = sg(p'_{i,y_i})^γ, "
-               "f, f' from guided dropout (training only: keep the top-ρ features by h_ik·W_{ŷ_i,k}, ŷ_i the pass's prediction, ×1/ρ); "
+               "f, f' from guided dropout (training only: keep the top-ρ features by h_ik·W_{ŷ_i,k}, "
+               "ŷ_i the pass's prediction, ×1/ρ); "
                "attack: as alp; advrep's reading")
     source = "Wu, Sang, Xu, Zheng, Xu, ACM TOMM 2024 (arXiv 2005.11904); no code released"
 
