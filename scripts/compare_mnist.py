@@ -75,13 +75,14 @@ def main() -> int:
     parser.add_argument("--note", action="append", default=[], help="a paragraph to add below the tables")
     args = parser.parse_args()
     budget = BUDGET + args.set
+    eval_budget = [o for o in budget if o.startswith("--eval.")]  # what an evaluation of a trained run takes
     rows = []
     for spec in args.runs:
         label, method, own = run_spec(spec)
         run = Path(args.out) / label
         trained = Path(args.trained) / label if args.trained else None
         if trained and (trained / "best.safetensors").is_file() and (trained / "report.json").is_file():
-            cmd = ["advrep", "eval", str(trained), *(o for o in budget if o.startswith("--eval.")),
+            cmd = ["advrep", "eval", str(trained), *eval_budget,
                    *(o for o in own if o.startswith("--eval.")), "--data-dir", args.data_dir, "--out", str(run),
                    "--quiet"]
         else:
@@ -152,8 +153,7 @@ def main() -> int:
                           args.data_dir, "--out", f"{args.out}/LABEL"]), "```", ""]
     if args.trained:
         lines[-1:-1] = ["or, for a row already trained in " + args.trained + ", evaluates that run anew:", "",
-                        "```bash", shlex.join(["advrep", "eval", f"{args.trained}/LABEL",
-                                               *(o for o in budget if o.startswith("--eval.")), "--data-dir",
+                        "```bash", shlex.join(["advrep", "eval", f"{args.trained}/LABEL", *eval_budget, "--data-dir",
                                                args.data_dir, "--out", f"{args.out}/LABEL"]), "```", ""]
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)
     Path(args.table).write_text("\n".join(lines))

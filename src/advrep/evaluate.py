@@ -65,8 +65,7 @@ def run_attack(name: str, model, x, y, threat: ThreatConfig, ev: EvalConfig, num
         if ra.state(model) is None:
             raise ConfigError("evaluation attack 'ra-soft' needs a model with reverse attention (model.ra)")
         with ra.soft_selection(model):
-            return attacks.pgd(model, x, y, step_size=ev.pgd_step_size, restarts=ev.pgd_restarts,
-                               steps=ev.pgd_steps, random_start="uniform", **common)
+            return run_attack("pgd", model, x, y, threat, ev, num_classes, device)
     raise ConfigError(f"unknown evaluation attack '{name}'; choose from: {', '.join(ATTACKS)}")
 
 

@@ -168,7 +168,7 @@ class Trainer:
         c = self.cfg
         return {
             "arch": c.model.arch, "head": c.model.head, "ra": c.model.ra,
-            "head_args": {**c.model.head_args, **resolved_options(self.model.head, c.model.head)},
+            "head_args": resolved_options(self.model.head, c.model.head),  # defaults included
             "num_classes": self.splits.info.num_classes, "in_channels": self.splits.info.channels,
             "image_size": self.splits.info.image_size, "normalization": c.model.normalization,
             "normalization_values": normalization(c.model.normalization, self.splits.info),
