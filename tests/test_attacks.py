@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from advrep import attacks
-from advrep.attacks.losses import cw_margin, kl_to, targeted
+from advrep.attacks.losses import cw_margin, kl_to, targeted_loss
 from advrep.errors import ConfigError
 
 
@@ -85,7 +85,7 @@ def test_cw_margin_on_hand_logits():
     # sample 0: max other = 2, true = 5 -> -3; sample 1: max other = 3, true = 0 -> 3
     assert torch.allclose(cw_margin(logits, y), torch.tensor([-3.0, 3.0]))
     # targeted at class 2: z_t - max_{j != t} z_j
-    assert torch.allclose(targeted(cw_margin)(logits, torch.tensor([2, 2])), torch.tensor([1.0 - 5.0, 3.0 - 0.0]))
+    assert torch.allclose(targeted_loss(cw_margin)(logits, torch.tensor([2, 2])), torch.tensor([1.0 - 5.0, 3.0 - 0.0]))
 
 
 def test_kl_loss_zero_at_clean_point_and_positive_elsewhere():

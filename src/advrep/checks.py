@@ -17,15 +17,11 @@ as gaps far larger than that.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import os
-import shutil
-
 import torch
 
 from . import attacks
-from .config import DataConfig, EvalConfig, ThreatConfig
+from .attacks import ATTACKS
+from .config import EvalConfig, ThreatConfig
 
 LARGE_EPS_MAX_ACC = 0.05
 
@@ -111,36 +107,7 @@ def summary(results: dict) -> str:
 
 
 def whitebox_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per-sample worst case over the white-box attacks in ``masks`` (clean if none ran)."""
-    names = [k for k in masks if k not in ("clean", "autoattack", "square")]
+    """Per-sample worst case over the white-box attacks in ``masks`` (clean if none ran):
+    the registered attacks marked ``whitebox``."""
+    names = [k for k in masks if k != "clean" and ATTACKS.get(k).whitebox]
     return torch.stack([masks[k] for k in names] or [masks["clean"]]).all(0)
-
-
-def surrogate_for(data_cfg: DataConfig, splits, device, progress: bool = True) -> torch.nn.Module:
-    """A standard-trained small CNN on the same training data, trained once and cached under
-    ``<data cache>/surrogates/`` (keyed by the dataset and its files), for the transfer check."""
-    from . import config as config_mod
-    from .data import cache_dir
-    from .factory import model_from_checkpoint
-    from .train import Trainer
-
-    key = hashlib.sha1(f"{splits.info.name}|{splits.source}|{len(splits.x_train)}".encode()).hexdigest()[:12]
-    run = cache_dir() / "surrogates" / f"{splits.info.name}-small-cnn-{key}"
-    if not (run / "last.json").is_file():
-        # train in a private folder and rename it into place: concurrent evaluations never
-        # share a half-trained surrogate, and the first to finish wins
-        tmp = run.with_name(f"{run.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        epochs = 1 if splits.info.family == "mnist" else 5
-        cfg = config_mod.load(None, [f"--data.dataset={data_cfg.dataset}", "--model.arch=small-cnn",
-                                     "--method=standard", f"--train.epochs={epochs}", "--train.optimizer=adam",
-                                     "--train.lr=0.001", "--train.weight_decay=0", "--data.val_size=0",
-                                     "--eval.after_train=false", f"--device={device}"])
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=data_cfg.data_dir,
-                                                                download=data_cfg.download))
-        Trainer(cfg, tmp, progress=progress, log=lambda _: None).fit()
-        try:
-            tmp.rename(run)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return model_from_checkpoint(run / "last", torch.device(device))[0]

@@ -1,8 +1,8 @@
 """Runs side by side: ``advrep compare RUN_DIR... [--out DIR]``.
 
 One table of the runs (method, architecture, epochs, training time, the threat model and
-number of evaluated images, clean, FGSM, PGD, CW, AutoAttack, mean corruption accuracy, the
-gradient-masking flags), read from each run's ``config.yaml``, ``metrics.jsonl`` and
+number of evaluated images, clean, FGSM, PGD, CW, AutoAttack and any other registered attack a
+report holds, mean corruption accuracy, the gradient-masking flags), read from each run's ``config.yaml``, ``metrics.jsonl`` and
 ``report.json``; a value a run does not have shows as "–". Beside it, a table of the feature
 geometry from each run's ``analysis/analysis.json`` (see :mod:`advrep.analysis`).
 
@@ -35,12 +35,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
+from .attacks import ATTACKS
 from .errors import ConfigError
 
 MISSING = "–"
 EPS_MULTIPLES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # computed curves: around the run's own eps
-COLUMNS = ("run", "method", "architecture", "epochs", "train time", "threat (n)", "clean", "FGSM", "PGD", "CW",
-           "AutoAttack", "corruptions", "masking checks")
+# Attacks that always have a column (the field's usual table); any other registered attack gets
+# one when some run's report holds it.
+USUAL_ATTACKS = ("fgsm", "pgd", "cw", "autoattack")
 GEOMETRY_COLUMNS = ("run", "images", "C clean", "C adv", "F_min clean", "F_min adv", "F_mean clean", "F_mean adv",
                     "min angle", "shift at features")
 
@@ -50,16 +52,10 @@ GEOMETRY_COLUMNS = ("run", "images", "C clean", "C adv", "F_min clean", "F_min a
 
 def read_run(run_dir: Path) -> dict:
     """What a run directory holds: its config, metrics rows and report (None when absent)."""
-    from . import config as config_mod
+    from .runs import Run
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not an advrep run directory (no config.yaml)")
-    metrics = run_dir / "metrics.jsonl"
-    rows = [json.loads(r) for r in metrics.read_text().splitlines() if r.strip()] if metrics.is_file() else []
-    report = run_dir / "report.json"
-    return {"dir": run_dir, "config": config_mod.load(run_dir / "config.yaml"), "metrics": rows,
-            "report": json.loads(report.read_text()) if report.is_file() else None}
+    run = Run.open(run_dir)
+    return {"dir": run.path, "config": run.config(), "metrics": run.metrics(), "report": run.report()}
 
 
 def labels(run_dirs: list[Path]) -> list[str]:
@@ -91,8 +87,16 @@ def _checks(report: dict) -> str:
     return f"FAIL: {', '.join(failed)}" if failed else f"all {len(checks)} pass"
 
 
-def table_row(label: str, run: dict) -> dict:
-    """The cells of the main table (strings) for one run."""
+def attack_columns(runs: list[dict]) -> list[str]:
+    """The attacks with a column: the usual ones, then the others the reports hold, in the
+    order they first appear."""
+    seen = [name for run in runs for name in ((run["report"] or {}).get("attacks") or {})]
+    extra = [n for n in dict.fromkeys(seen) if n in ATTACKS and n not in USUAL_ATTACKS]
+    return [*USUAL_ATTACKS, *extra]
+
+
+def table_row(label: str, run: dict, attack_names=USUAL_ATTACKS) -> dict:
+    """The cells of the main table (strings) for one run, with a column per ``attack_names``."""
     cfg, rows, report = run["config"], run["metrics"], run["report"] or {}
     attacks = report.get("attacks", {})
     acc = lambda name: attacks[name]["acc"] if name in attacks else None  # noqa: E731
@@ -104,12 +108,11 @@ def table_row(label: str, run: dict) -> dict:
         eps = report["eps"]
         eps = f"{eps * 255:.3g}/255" if report["threat_model"] == "Linf" and eps < 0.1 else f"{eps:.4g}"
         threat = f"{report['threat_model']} {eps} ({report['n']})"
-    aa = report.get("autoattack_acc", acc("autoattack"))
-    return dict(zip(COLUMNS, (
-        label, cfg.method["name"], cfg.model.arch, epochs,
-        _duration(sum(r.get("train_time_s", 0) for r in rows)), threat,
-        _pct(report.get("clean_acc")), _pct(acc("fgsm")), _pct(acc("pgd")), _pct(acc("cw")), _pct(aa),
-        _pct(report.get("corruptions_acc")), _checks(report))))
+    return {"run": label, "method": cfg.method["name"], "architecture": cfg.model.arch, "epochs": epochs,
+            "train time": _duration(sum(r.get("train_time_s", 0) for r in rows)), "threat (n)": threat,
+            "clean": _pct(report.get("clean_acc")),
+            **{ATTACKS.get(name).title: _pct(acc(name)) for name in attack_names},
+            "corruptions": _pct(report.get("corruptions_acc")), "masking checks": _checks(report)}
 
 
 def geometry_row(label: str, analysis: dict) -> dict:
@@ -234,7 +237,8 @@ def compare(run_dirs, out_dir: Path | None = None, n: int = 500, embedding: str 
         embeddings.append((f"Embedding: {name}", file, f"{result['embedding']['method']} of "
                            f"{result['embedding']['images']} clean and adversarial test images; {source}."))
 
-    main_rows = [table_row(name, run) for name, run in zip(names, runs)]
+    columns = attack_columns(runs)
+    main_rows = [table_row(name, run, columns) for name, run in zip(names, runs)]
     geo_rows = [geometry_row(name, a[0]) for name, a in analyses.items()]
     title = f"advrep compare: {', '.join(names)}"
     notes = [f"advrep {__version__}; {time.strftime('%Y-%m-%d %H:%M')}; runs: " + ", ".join(map(str, run_dirs)),

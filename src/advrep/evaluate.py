@@ -18,15 +18,11 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from . import __version__, attacks, checks, distributed, readouts
+from . import __version__, checks, distributed, fileops, plots, readouts
+from .attacks import ATTACKS
 from .config import EvalConfig, ThreatConfig
-from .errors import ConfigError
-from .models import ra
+from .errors import CheckpointError, ConfigError
 from .readouts import Probe
-
-BATCHED = ("fgsm", "pgd", "cw", "mt", "square", "ra-soft")  # attacked batch by batch here
-ATTACKS = (*BATCHED, "autoattack")
-
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95% Wilson score interval of a proportion (stays inside [0, 1] at 0% and 100%)."""
@@ -40,48 +36,26 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
 
 
 def attack_label(name: str, ev: EvalConfig) -> str:
-    return {"clean": "clean", "fgsm": "FGSM", "pgd": f"PGD-{ev.pgd_steps}" + (
-        f"×{ev.pgd_restarts}" if ev.pgd_restarts > 1 else ""), "cw": f"CW∞-{ev.cw_steps}",
-        "mt": f"MT-PGD-{ev.pgd_steps}", "square": f"Square-{ev.square_queries}",
-        "ra-soft": f"PGD-{ev.pgd_steps} (RA soft selection)",
-        "autoattack": f"AutoAttack ({ev.aa_version})", "worst_case": "worst case"}[name]
+    """The report's row label of ``clean``, ``worst_case`` or a registered attack."""
+    return {"clean": "clean", "worst_case": "worst case"}.get(name) or ATTACKS.get(name).label(ev)
 
 
-def run_attack(name: str, model, x, y, threat: ThreatConfig, ev: EvalConfig, num_classes: int,
-               device) -> torch.Tensor:
-    common = dict(eps=threat.eps, norm=threat.norm)
-    if name == "fgsm":
-        return attacks.fgsm(model, x, y, **common)
-    if name in ("pgd", "cw"):
-        return attacks.pgd(model, x, y, step_size=ev.pgd_step_size, restarts=ev.pgd_restarts,
-                           steps=ev.pgd_steps if name == "pgd" else ev.cw_steps,
-                           loss="ce" if name == "pgd" else "cw", random_start="uniform", **common)
-    if name == "mt":
-        return attacks.multi_targeted(model, x, y, step_size=ev.pgd_step_size, steps=ev.pgd_steps,
-                                      num_classes=num_classes, **common)
-    if name == "square":
-        return attacks.square(model, x, y, queries=ev.square_queries, device=device, **common)
-    if name == "ra-soft":  # adaptive: differentiate RA's selection through a softmax, score as deployed
-        if ra.state(model) is None:
-            raise ConfigError("evaluation attack 'ra-soft' needs a model with reverse attention (model.ra)")
-        with ra.soft_selection(model):
-            return run_attack("pgd", model, x, y, threat, ev, num_classes, device)
-    raise ConfigError(f"unknown evaluation attack '{name}'; choose from: {', '.join(ATTACKS)}")
-
-
-def _check_names(ev: EvalConfig) -> None:
-    for name in ev.attacks:
-        if name not in ATTACKS:
-            raise ConfigError(f"unknown evaluation attack '{name}'; choose from: {', '.join(ATTACKS)}")
+def attacks_for(model, ev: EvalConfig) -> list[str]:
+    """``ev.attacks`` checked against the registry and ``model``, plus the adaptive attacks the
+    model calls for (``ra-soft`` for reverse attention), in order."""
+    names = list(ev.attacks)
+    for name in names:
+        ATTACKS.get(name).check_model(model)
+    return names + [n for n in ATTACKS.names() if n not in names and ATTACKS.get(n).added_for(model, names)]
 
 
 def correctness(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatConfig, ev: EvalConfig,
-                device, progress: bool = True, desc: str = "eval",
-                keep: str | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+                device, progress: bool = True, desc: str = "eval", keep: str | None = None,
+                source: str = "the model") -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Per-sample correctness (bool, CPU) for clean data and each batched attack in
-    ``ev.attacks``, and the adversarial examples of the attack named ``keep`` (on ``device``)."""
-    _check_names(ev)
-    names = [a for a in ev.attacks if a in BATCHED]
+    ``ev.attacks``, and the adversarial examples of the attack named ``keep`` (on ``device``).
+    Non-finite clean logits stop it with one line naming ``source``: nothing would be measured."""
+    names = [a for a in ev.attacks if ATTACKS.get(a).batched]
     was_training = model.training
     model.eval()
     num_classes = None
@@ -96,12 +70,16 @@ def correctness(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatConfig, e
             total, xb, yb = len(xb), xb[lo:hi], yb[lo:hi]
             with torch.no_grad():
                 logits = model(xb)
+            if not bool(torch.isfinite(logits).all()):
+                raise CheckpointError(f"{source} gives non-finite logits on clean test images (from image {start}): "
+                                      "its weights are NaN or infinite; evaluate another checkpoint")
             num_classes = logits.shape[1]
             clean = logits.argmax(1) == yb
             out["clean"].append(distributed.gather_cat(clean).cpu())
             for name in names:
                 with distributed.global_draws(lo, hi, total):
-                    x_adv = run_attack(name, model, xb, yb, threat, ev, num_classes, device)
+                    x_adv = ATTACKS.get(name).perturb(model, xb, yb, threat=threat, ev=ev,
+                                                      num_classes=num_classes, device=device)
                 if name == keep:
                     kept.append(distributed.gather_cat(x_adv))
                 with torch.no_grad():
@@ -140,27 +118,29 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
     """Run the evaluation on the first ``ev.n`` images of (uint8 ``x``, ``y``); return the report.
 
     ``readout_names`` run on the same images, reusing the evaluation's PGD examples;
-    ``state_dir`` keeps AutoAttack's progress so an interrupted run resumes; ``surrogate``
+    ``state_dir`` is where attacks that run over the whole set (AutoAttack) keep their progress,
+    each in ``<state_dir>/<name>/``, so an interrupted evaluation resumes; ``surrogate``
     returns the standard-trained model of the transfer check (called only when it runs).
     """
     if ev.n is not None:
         if ev.n <= 0:
             raise ConfigError(f"eval.n must be positive, got {ev.n}")
         x, y = x[:ev.n], y[:ev.n]
-    if ra.state(model) is not None and "pgd" in ev.attacks and "ra-soft" not in ev.attacks:
-        ev = replace(ev, attacks=[*ev.attacks, "ra-soft"])  # RA's argmax hides gradients: attack it adaptively
+    ev = replace(ev, attacks=attacks_for(model, ev))
+    for name in ev.attacks:
+        ATTACKS.get(name).check(threat, ev)  # a setting under which an attack cannot attack: stop now
     t0 = time.time()
-    masks, x_pgd = correctness(model, x, y, threat, ev, device, progress, keep="pgd" if readout_names else None)
+    masks, x_pgd = correctness(model, x, y, threat, ev, device, progress, keep="pgd" if readout_names else None,
+                               source=(context or {}).get("checkpoint") or "the model")
     extra: dict = {}
-    if "autoattack" in ev.attacks:
+    for name in (a for a in ev.attacks if not ATTACKS.get(a).batched):
         lo, hi = distributed.shard(len(x))  # under torchrun each rank runs it on its share
-        aa_mask, extra["autoattack"] = attacks.autoattack(
-            model, x[lo:hi].to(device).float().div(255), y[lo:hi].to(device), eps=threat.eps, norm=threat.norm,
-            version=ev.aa_version, attacks=ev.aa_attacks, device=device, batch_size=ev.batch_size,
-            state_dir=distributed.rank_dir(state_dir), progress=progress,
-            fingerprint=json.dumps(context or {}, sort_keys=True))
-        masks["autoattack"] = distributed.gather_cat(aa_mask)
-        extra["autoattack_acc"] = masks["autoattack"].float().mean().item()
+        mask, extra[name] = ATTACKS.get(name).robust(
+            model, x[lo:hi].to(device).float().div(255), y[lo:hi].to(device), threat=threat, ev=ev, device=device,
+            state_dir=distributed.rank_dir(Path(state_dir) / name if state_dir else None),
+            fingerprint=json.dumps(context or {}, sort_keys=True), progress=progress)
+        masks[name] = distributed.gather_cat(mask)
+        extra[f"{name}_acc"] = masks[name].float().mean().item()
     rows = summarize(masks, ev)
     if ev.eps_sweep:
         extra["eps_sweep"] = eps_sweep(model, x, y, threat, ev, device)
@@ -190,7 +170,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
         "threat_model": threat.norm,
         "n": len(x),
         "attacks": rows,
-        "robust_acc": rows.get("worst_case", rows.get(ev.attacks[0] if ev.attacks else "clean"))["acc"],
+        # no attack, no robust accuracy: the worst case over the attacks that ran, if any did
+        **({"robust_acc": rows.get("worst_case", rows[ev.attacks[0]])["acc"]} if len(rows) > 1 else {}),
         "eval": asdict(ev),
         "advrep_version": __version__,
         "torch_version": torch.__version__,
@@ -223,8 +204,9 @@ def format_table(report: dict) -> str:
 
 def write_report(directory: str | Path, report: dict) -> None:
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "report.json").write_text(json.dumps(report, indent=1))
+    with fileops.storage_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+    fileops.write_text(directory / "report.json", json.dumps(report, indent=1))
     title = f"# Robustness report: {report.get('architecture', 'model')}"
     if report.get("method"):
         title += f" trained with {report['method']}"
@@ -256,18 +238,11 @@ def write_report(directory: str | Path, report: dict) -> None:
     for name, values in report.get("readouts", {}).items():
         notes += [f"- {name}: " + ", ".join(f"{k} = {_short(v)}" for k, v in values.items())]
         if name in readouts.PLOTS:
-            _save_figure(readouts.PLOTS[name](values), directory / f"{name}.png")
+            plots.save(readouts.PLOTS[name](values), directory / f"{name}.png")
             notes += ["", f"![{name}]({name}.png)", ""]
     if notes:
         notes = ["", "## Read-outs", "", *notes]
-    (directory / "report.md").write_text("\n".join([title, "", *body, "", *facts, *sections, *notes, ""]))
-
-
-def _save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    fileops.write_text(directory / "report.md", "\n".join([title, "", *body, "", *facts, *sections, *notes, ""]))
 
 
 def _short(value) -> str:

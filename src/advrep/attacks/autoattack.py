@@ -10,10 +10,15 @@ The images are attacked in chunks with a per-chunk result file under ``state_dir
 interrupted evaluation resumes where it stopped (pyautoattack also resumes inside a chunk
 from its own state file).
 
+Evaluation attack ``autoattack``: ``eval.aa_version`` (``eval.aa_attacks`` for ``custom``) at
+the evaluation's eps and norm, chunks of ``eval.batch_size`` images kept under the run's
+``autoattack/`` folder.
+
 Example::
 
     mask, info = autoattack(model, x, y, eps=8/255, norm="Linf", device="cuda")
     print(info["backend"], mask.float().mean())
+    advrep eval RUN --eval.attacks=[pgd,autoattack] --eval.aa_version=plus
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError
+from .registry import Attack, register_attack
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -134,18 +140,19 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
     return torch.cat(masks), info
 
 
-def square(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf", queries: int = 1000,
-           device="cpu", seed: int = 0) -> torch.Tensor:
-    """Square Attack (Andriushchenko et al., ECCV 2020), the black-box score-based attack of
-    AutoAttack's package, as adversarial examples. Used by the gradient-masking checks."""
-    module, _, _ = backend()
-    square_cls = importlib.import_module(f"{module}.square").SquareAttack
-    attack = square_cls(model, p_init=0.8, n_queries=queries, eps=eps, norm=norm, n_restarts=1, seed=seed,
-                        verbose=False, device=device, resc_schedule=False)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return attack.perturb(x, y)
-    finally:
-        model.train(was_training)
+@register_attack("autoattack")
+class AutoAttack(Attack):
+    title = "AutoAttack"
+    batched = False
+    whitebox = False  # it ends with the black-box Square: not a white-box reference for the checks
+
+    def label(self, ev) -> str:
+        return f"AutoAttack ({ev.aa_version})"
+
+    def check(self, threat, ev) -> None:
+        _check(ev.aa_version, list(ev.aa_attacks), threat.norm or "Linf")
+
+    def robust(self, model, x, y, *, threat, ev, device, state_dir=None, fingerprint="", progress=True):
+        return autoattack(model, x, y, eps=threat.eps, norm=threat.norm, version=ev.aa_version,
+                          attacks=ev.aa_attacks, device=device, batch_size=ev.batch_size, state_dir=state_dir,
+                          progress=progress, fingerprint=fingerprint)

@@ -3,11 +3,15 @@
 Every loss takes fp32 logits ``(B, K)`` and labels ``(B,)`` and returns ``(B,)``, so that
 one sample's gradient never depends on the rest of the batch and restarts can pick the
 strongest example per sample.
+
+:func:`attack_loss` is the one lookup from a loss spec (``"ce"``, ``"cw"``, ``"kl"`` or a
+callable) to the function an attack maximizes; the attacks and the methods' attack hooks
+(:attr:`advrep.methods.Method.attack_hooks`) all resolve specs through it.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +44,7 @@ def kl_to(clean_logits: torch.Tensor) -> AttackLoss:
     return loss
 
 
-def targeted(loss: AttackLoss) -> AttackLoss:
+def targeted_loss(loss: AttackLoss) -> AttackLoss:
     """Turn an untargeted objective into one that pulls towards the label given as target."""
     if loss is ce:
         return lambda logits, t: -ce(logits, t)
@@ -50,3 +54,23 @@ def targeted(loss: AttackLoss) -> AttackLoss:
 
 
 LOSSES = {"ce": ce, "cw": cw_margin}
+LossSpec = Union[str, AttackLoss]
+
+
+def attack_loss(spec: LossSpec, *, targeted: bool = False, model=None, x: Optional[torch.Tensor] = None,
+                clean_logits: Optional[torch.Tensor] = None) -> AttackLoss:
+    """The per-sample objective that ``spec`` names. ``"kl"`` (TRADES) is measured against
+    ``clean_logits``, or against ``model(x)`` computed here once when they are not given; a
+    callable is used as it is; ``targeted`` turns ``ce``/``cw`` towards the label given."""
+    if callable(spec):
+        return spec
+    if spec == "kl":
+        if targeted:
+            raise ConfigError("the 'kl' attack loss has no targeted form")
+        if clean_logits is None:
+            with torch.no_grad():
+                clean_logits = model(x)
+        return kl_to(clean_logits)
+    if spec not in LOSSES:
+        raise ConfigError(f"unknown attack loss '{spec}'; use one of: {', '.join(LOSSES)}, kl, or a callable")
+    return targeted_loss(LOSSES[spec]) if targeted else LOSSES[spec]

@@ -1,4 +1,5 @@
-"""Projected gradient descent (Madry et al., ICLR 2018) and FGSM (Goodfellow et al., 2015).
+"""Projected gradient descent (Madry et al., ICLR 2018): the primitive every training and
+evaluation attack is built on, and the evaluation attack ``pgd``.
 
 Threat models: ``Linf`` (signed steps, clip to the eps-box) and ``L2`` (normalized steps,
 projection onto the eps-ball), both intersected with the image box [0, 1].
@@ -16,24 +17,27 @@ frozen while the attack runs and their ``requires_grad`` flags restored afterwar
 model's train/eval mode is left as the caller set it (methods choose eval-mode BatchNorm for
 the attack, see ``attack_bn``).
 
+Evaluation attack ``pgd``: PGD-k on the cross-entropy (settings in :class:`PGD`).
+
 Example::
 
     x_adv = pgd(model, x, y, eps=8/255, step_size=2/255, steps=10)
+    advrep eval RUN --eval.pgd_steps=50 --eval.pgd_restarts=5
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
 from ..tensors import fp32
-from .losses import LOSSES, AttackLoss, kl_to, targeted as make_targeted
-
-LossSpec = Union[str, AttackLoss]
+from ..threat import NORMS
+from .losses import LossSpec, attack_loss
+from .registry import Attack, need_positive, register_attack
 
 
 @contextlib.contextmanager
@@ -77,22 +81,6 @@ def _random_start(x: torch.Tensor, eps: float, norm: str, kind: Optional[str], i
     return direction / _flat_norm(direction) * radius.view(-1, *([1] * (x.dim() - 1)))
 
 
-def _resolve_loss(loss: LossSpec, targeted: bool, model, x, clean_logits) -> AttackLoss:
-    if callable(loss):
-        return loss
-    if loss == "kl":
-        if targeted:
-            raise ConfigError("the 'kl' attack loss has no targeted form")
-        if clean_logits is None:
-            with torch.no_grad():
-                clean_logits = model(x)
-        return kl_to(clean_logits)
-    if loss not in LOSSES:
-        raise ConfigError(f"unknown attack loss '{loss}'; use one of: ce, cw, kl, or a callable")
-    fn = LOSSES[loss]
-    return make_targeted(fn) if targeted else fn
-
-
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -110,10 +98,10 @@ def pgd(
     clean_logits: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Return adversarial examples for ``x`` (same shape, inside the threat model)."""
-    if norm not in ("Linf", "L2"):
-        raise ConfigError(f"unknown norm '{norm}'; use Linf or L2")
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm '{norm}'; use one of: {', '.join(NORMS)}")
     x = x.detach()
-    loss_fn = _resolve_loss(loss, targeted, model, x, clean_logits)
+    loss_fn = attack_loss(loss, targeted=targeted, model=model, x=x, clean_logits=clean_logits)
     best = best_loss = best_success = None
     with input_grad_only(model):
         for _ in range(restarts):
@@ -145,54 +133,24 @@ def pgd(
     return best
 
 
-def fgsm(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: Literal["Linf", "L2"] = "Linf",
-    loss: LossSpec = "ce",
-    step_size: Optional[float] = None,
-    random_start: Optional[str] = None,
-    targeted: bool = False,
-) -> torch.Tensor:
-    """One gradient step of size ``step_size`` (default eps); FGSM-RS adds a uniform start."""
-    return pgd(model, x, y, eps=eps, step_size=eps if step_size is None else step_size, steps=1,
-               norm=norm, loss=loss, random_start=random_start, targeted=targeted)
+@register_attack("pgd")
+class PGD(Attack):
+    """PGD-k on the cross-entropy from a uniform start (Madry et al., ICLR 2018), the
+    evaluation's main white-box attack: ``eval.pgd_steps`` steps of ``eval.pgd_step_size``
+    (auto: PGD-20 at 2/255 for CIFAR-like data, PGD-40 at 0.01 for MNIST-like data, the step
+    scaled with a non-default eps), ``eval.pgd_restarts`` restarts keeping each sample's
+    strongest example."""
 
+    title = "PGD"
 
-def multi_targeted(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    step_size: float,
-    steps: int,
-    num_classes: int,
-    norm: Literal["Linf", "L2"] = "Linf",
-) -> torch.Tensor:
-    """Multi-targeted PGD (Gowal et al., "An Alternative Surrogate Loss for PGD-based
-    Adversarial Testing", 2019): one PGD run per target class ``t != y`` maximizing the margin
-    ``z_t − z_y``; each sample keeps the first example that is misclassified, else the one with
-    the largest margin. Costs ``(K − 1) · steps`` gradient steps per sample."""
-    x, y = x.detach(), y.detach()
-    best, best_margin = x.clone(), torch.full((len(x),), float("-inf"), device=x.device)
-    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    for shift in range(1, num_classes):
-        target = (y + shift) % num_classes
+    def label(self, ev) -> str:
+        return f"PGD-{ev.pgd_steps}" + (f"×{ev.pgd_restarts}" if ev.pgd_restarts > 1 else "")
 
-        def margin(logits, labels, target=target):
-            return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, labels[:, None]).squeeze(1)
+    def check(self, threat, ev) -> None:
+        need_positive("eval.pgd_steps", ev.pgd_steps, integer=True)
+        need_positive("eval.pgd_step_size", ev.pgd_step_size)
+        need_positive("eval.pgd_restarts", ev.pgd_restarts, integer=True)
 
-        x_adv = pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm, loss=margin)
-        with torch.no_grad():
-            logits = fp32(model(x_adv))
-        now_fooled = logits.argmax(1) != y
-        value = margin(logits, y)
-        take = (now_fooled & ~fooled) | (~fooled & ~now_fooled & (value > best_margin))
-        best = torch.where(take.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
-        best_margin = torch.where(take, value, best_margin)
-        fooled |= now_fooled
-    return best
+    def perturb(self, model, x, y, *, threat, ev, num_classes, device):
+        return pgd(model, x, y, eps=threat.eps, norm=threat.norm, step_size=ev.pgd_step_size,
+                   steps=ev.pgd_steps, restarts=ev.pgd_restarts, loss="ce", random_start="uniform")
