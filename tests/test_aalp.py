@@ -16,6 +16,7 @@ from advrep.contributions import concentration, contributions, head_weight
 from advrep.errors import ConfigError
 from advrep.methods.aalp import guided_dropout, keep_mask
 from advrep.methods.base import Passes
+from advrep.threat import Threat
 
 
 def small_model():
@@ -211,8 +212,8 @@ def test_the_weights_carry_no_gradient(weighting):
 def test_attack_is_alps(monkeypatch):
     seen = {}
     monkeypatch.setattr(methods.base.attacks, "pgd", lambda m, x, y, **k: seen.update(k) or x)
-    methods.create("aalp", eps=0.3, step_size=0.1, steps=4).perturb(small_model(), torch.rand(2, 1, 28, 28),
-                                                                      torch.tensor([0, 1]))
+    methods.create("aalp").perturb(small_model(), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]),
+                                   Threat(eps=0.3, step_size=0.1, steps=4))
     assert seen["loss"] == "ce" and seen["random_start"] == "uniform" and seen["steps"] == 4
 
 

@@ -17,6 +17,7 @@ from advrep.errors import ConfigError
 from advrep.methods.adr import Adr, pair_weights
 from advrep.methods.adr_readouts import plot_stage_divergence
 from advrep.models.base import Classifier
+from advrep.threat import Threat
 
 OFF = dict(lc_weight=0.0, gc_weight=0.0, smt_weight=0.0, ent_weight=0.0, gs_weight=0.0, clean_ce=False)
 W = -1 / 99  # the paper's weight of a pair of different classes
@@ -175,8 +176,8 @@ def test_a_one_class_training_step_through_the_method_is_finite():
     model = small_model().train()
     x = torch.rand(6, 1, 28, 28)
     y = torch.full((6,), 7)
-    method = methods.create("pgd-at+adr", eps=0.3, step_size=0.1, steps=2)
-    loss, metrics = method.objective(model, x, method.perturb(model, x, y), y)
+    method = methods.create("pgd-at+adr")
+    loss, metrics = method.objective(model, x, method.perturb(model, x, y, Threat(eps=0.3, step_size=0.1, steps=2)), y)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
     assert all(torch.isfinite(q.grad).all() for q in model.parameters() if q.grad is not None)

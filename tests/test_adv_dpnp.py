@@ -17,6 +17,7 @@ from advrep.errors import ConfigError
 from advrep.factory import model_from_checkpoint
 from advrep.methods.base import Passes
 from advrep.models.heads import LinearHead, PrototypeHead
+from advrep.threat import Threat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,10 +65,10 @@ def test_every_prototype_has_norm_alpha_after_every_optimizer_step(batch, optimi
     model = prototype_cnn(alpha).train()
     opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4) if optimizer == "sgd"
            else torch.optim.Adam(model.parameters(), lr=0.01))
-    method = methods.create("adv-dpnp", eps=0.3, step_size=0.15, steps=1)
+    method = methods.create("adv-dpnp")
     start = model.head.prototypes().detach().clone()
     for _ in range(3):
-        x_adv = method.perturb(model, x, y)
+        x_adv = method.perturb(model, x, y, Threat(eps=0.3, step_size=0.15, steps=1))
         loss, _ = method.objective(model, x, x_adv, y)
         opt.zero_grad()
         loss.backward()
@@ -252,9 +253,9 @@ def test_attack_option(batch, monkeypatch, attack, loss, start):
     x, y = batch
     seen = {}
     monkeypatch.setattr(methods.base.attacks, "pgd", lambda m, x, y, **k: seen.update(k) or x)
-    methods.create("adv-dpnp", attack=attack).perturb(prototype_cnn(), x, y)
+    methods.create("adv-dpnp", attack=attack).perturb(prototype_cnn(), x, y, Threat())
     assert seen["loss"] == loss and seen["random_start"] == start
-    assert methods.create("dpnp").perturb(prototype_cnn(), x, y) is x
+    assert methods.create("dpnp").perturb(prototype_cnn(), x, y, Threat()) is x
 
 
 SETTINGS = [f"{d}-{a}" for d in ("cifar10", "cifar100", "svhn") for a in ("resnet18", "wrn-34-10")] + ["mnist-small-cnn"]

@@ -23,6 +23,7 @@ from advrep.methods.anc import Anc, anc_value, pick_negatives
 from advrep.methods.base import Passes
 from advrep.models import ra
 from advrep.models.wide_resnet import WideResNet
+from advrep.threat import Threat
 from conftest import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,14 +147,14 @@ def test_logits_based_strategies_pick_what_the_code_picks(strategy, expected):
 
 def test_logits_based_strategies_wait_for_random_steps(monkeypatch):
     term = Anc(strategy="hard", random_steps=2)
-    term.attach(methods.create("pgd-at", steps=1))
+    term.attach(methods.create("pgd-at"))
     seen = []
     monkeypatch.setattr("advrep.methods.anc.pick_negatives",
                         lambda y, k, strategy, logits: (seen.append(strategy), pick_negatives(y, k))[1])
     model = small_model()
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 0, 1])
     for _ in range(3):
-        term.value(Passes(model, x, x, y), y)
+        term.value(Passes(model, x, x, y, Threat(eps=0.3, step_size=0.1, steps=1)), y)
     assert seen == ["random", "random", "hard"]
 
 
@@ -186,9 +187,9 @@ def test_the_negative_is_pulled_towards_the_anchor_label_by_targeted_pgd(spy):
     model = small_model().train()
     torch.manual_seed(1)
     x, y = torch.rand(8, 1, 28, 28), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
-    composite = methods.create("pgd-at+anc", eps=0.3, step_size=0.05, steps=10)
+    composite = methods.create("pgd-at+anc")
     term = composite.terms[0]
-    passes = Passes(model, x, x, y)
+    passes = Passes(model, x, x, y, Threat(eps=0.3, step_size=0.05, steps=10))
     term.value(passes, y)
     (call,) = spy
     assert call["targeted"] and call["random_start"] == "normal" and call["loss"] == "ce"
@@ -341,12 +342,12 @@ def test_anc_on_the_auxiliary_heads_uses_the_same_negative(monkeypatch):
     model = small_model(ra_on=True).eval()
     torch.manual_seed(5)
     x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
-    composite = methods.create("pgd-at+anc", eps=0.2, step_size=0.05, steps=3)
+    composite = methods.create("pgd-at+anc")
     term = composite.terms[0]
     made = []
     real = term._negatives_of
     monkeypatch.setattr(term, "_negatives_of", lambda p, yy: made.append(real(p, yy)) or made[-1])
-    loss, metrics = composite.objective(model, x, x, y)
+    loss, metrics = composite.objective(model, x, x, y, Threat(eps=0.2, step_size=0.05, steps=3))
     (neg,) = made  # one negative attack and forward per step, shared by the auxiliary heads
     with torch.no_grad():
         f = model(x)
@@ -381,10 +382,11 @@ def selections(monkeypatch):
 def test_training_attacks_never_see_the_true_label(selections, name, attack_bn):
     model = small_model(ra_on=True).train()
     x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
-    method = methods.create(name, eps=0.2, step_size=0.05, steps=2, attack_bn=attack_bn)
-    x_adv = method.perturb(model, x, y)
+    method = methods.create(name, attack_bn=attack_bn)
+    threat = Threat(eps=0.2, step_size=0.05, steps=2)
+    x_adv = method.perturb(model, x, y, threat)
     model.train()
-    loss, _ = method.objective(model, x, x_adv, y)
+    loss, _ = method.objective(model, x, x_adv, y, threat)
     loss.backward()
     attack = [s for s in selections if s["attack"]]
     training = [s for s in selections if not s["attack"]]
@@ -456,9 +458,8 @@ def test_attack_aux_adds_the_auxiliary_losses_to_every_training_attack(spy):
     x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
     for aux_on in (True, False):
         spy.clear()
-        method = methods.create("mart+anc", eps=0.2, step_size=0.05, steps=2,
-                                terms={"anc": {"attack_aux": aux_on}})
-        method.perturb(model, x, y)
+        method = methods.create("mart+anc", terms={"anc": {"attack_aux": aux_on}})
+        method.perturb(model, x, y, Threat(eps=0.2, step_size=0.05, steps=2))
         (call,) = spy
         if not aux_on:
             assert call["loss"] == "ce"
@@ -475,8 +476,8 @@ def test_attack_aux_adds_the_auxiliary_losses_to_every_training_attack(spy):
 def test_base_attack_ce_is_the_code_s_attack(spy):
     model = small_model(ra_on=True).eval()
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
-    method = methods.create("trades+anc", steps=2, terms={"anc": {"base_attack": "ce", "attack_aux": False}})
-    method.perturb(model, x, y)
+    method = methods.create("trades+anc", terms={"anc": {"base_attack": "ce", "attack_aux": False}})
+    method.perturb(model, x, y, Threat(steps=2))
     (call,) = spy
     assert call["loss"] == "ce" and call["random_start"] == "normal" and not call.get("targeted")
 

@@ -8,6 +8,7 @@ import torch
 
 from advrep import bench, methods, models
 from advrep.cli import main
+from advrep.threat import Threat
 
 
 @pytest.mark.parametrize("method", ["pgd-at", "trades"])
@@ -28,9 +29,9 @@ def test_plain_pgd_is_the_same_attack_as_advreps():
     torch.manual_seed(0)
     model = models.create("small-cnn", num_classes=10, in_channels=1, image_size=28).eval()
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    method = methods.create("pgd-at", eps=0.3, step_size=0.05, steps=5)
+    method = methods.create("pgd-at")
     torch.manual_seed(1)
-    fast = method.perturb(model, x, y)
+    fast = method.perturb(model, x, y, Threat(eps=0.3, step_size=0.05, steps=5))
     torch.manual_seed(1)
     plain = bench.plain_pgd(model, x, y, eps=0.3, step_size=0.05, steps=5, kl=False)
     assert (fast - plain).abs().max() < 1e-5

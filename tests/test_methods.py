@@ -8,8 +8,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from advrep import methods, models
-from advrep.config import build
+from advrep.coercion import build
 from advrep.errors import ConfigError
+from advrep.threat import Threat
+
+THREAT = Threat(eps=0.3, step_size=0.1, steps=3)
 
 
 def small_model():
@@ -29,13 +32,13 @@ def batch():
 def test_every_method_honours_the_contract(name, batch):
     x, y = batch
     model = small_model().train()
-    method = methods.create(name, eps=0.3, step_size=0.1, steps=3)
-    x_adv = method.perturb(model, x, y)
+    method = methods.create(name)
+    x_adv = method.perturb(model, x, y, THREAT)
     assert x_adv.shape == x.shape
     assert (x_adv - x).abs().max() <= 0.3 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert all(p.grad is None for p in model.parameters()), "perturb must not touch parameter gradients"
     assert model.training, "perturb must leave the model's mode as it found it"
-    loss, metrics = method.objective(model, x, x_adv, y)
+    loss, metrics = method.objective(model, x, x_adv, y, THREAT)
     assert loss.dim() == 0 and torch.isfinite(loss)
     for key, value in metrics.items():
         assert value.dim() == 0 and not value.requires_grad, key
@@ -53,7 +56,7 @@ def test_standard_is_clean_cross_entropy(batch):
     x, y = batch
     model = small_model().eval()  # no dropout: two passes must agree
     method = methods.create("standard")
-    assert method.perturb(model, x, y) is x
+    assert method.perturb(model, x, y, THREAT) is x
     loss, _ = method.objective(model, x, x, y)
     assert torch.allclose(loss, F.cross_entropy(model(x), y))
 
@@ -61,7 +64,7 @@ def test_standard_is_clean_cross_entropy(batch):
 def test_pgd_at_loss_is_adversarial_cross_entropy(batch):
     x, y = batch
     model = small_model().eval()  # no dropout: two passes must agree
-    method = methods.create("pgd-at", eps=0.3, step_size=0.1, steps=2)
+    method = methods.create("pgd-at")
     x_adv = torch.rand_like(x)
     loss, metrics = method.objective(model, x, x_adv, y)
     assert torch.allclose(loss, F.cross_entropy(model(x_adv), y))
@@ -110,7 +113,7 @@ def test_trades_attack_uses_fixed_clean_target_and_small_normal_start(batch, mon
         return x
 
     monkeypatch.setattr(methods.base.attacks, "pgd", fake_pgd)
-    methods.create("trades").perturb(model, x, y)
+    methods.create("trades").perturb(model, x, y, THREAT)
     assert seen["loss"] == "kl" and seen["random_start"] == "normal"
     assert seen["clean_logits"].shape == (6, 10) and not seen["clean_logits"].requires_grad
 
@@ -120,8 +123,8 @@ def test_attack_bn_mode_is_used_during_the_attack_only(batch, monkeypatch):
     model = small_model().train()
     modes = []
     monkeypatch.setattr(methods.base.attacks, "pgd", lambda m, x, y, **k: modes.append(m.training) or x)
-    methods.create("pgd-at", attack_bn="eval").perturb(model, x, y)
-    methods.create("pgd-at", attack_bn="train").perturb(model, x, y)
+    methods.create("pgd-at", attack_bn="eval").perturb(model, x, y, THREAT)
+    methods.create("pgd-at", attack_bn="train").perturb(model, x, y, THREAT)
     assert modes == [False, True] and model.training
 
 
@@ -234,7 +237,7 @@ def test_fgsm_rs_attack_is_one_step_of_1_25_eps_from_a_uniform_start(batch, monk
     x, y = batch
     seen = {}
     monkeypatch.setattr(methods.base.attacks, "pgd", lambda m, x, y, **k: seen.update(k) or x)
-    methods.create("fgsm-rs", eps=0.3).perturb(small_model(), x, y)
+    methods.create("fgsm-rs").perturb(small_model(), x, y, Threat(eps=0.3, step_size=0.01, steps=40))
     assert seen["steps"] == 1 and seen["step_size"] == pytest.approx(0.375)
     assert seen["random_start"] == "uniform" and seen["eps"] == 0.3
 
@@ -244,7 +247,7 @@ def test_alp_least_likely_attack_targets_the_least_likely_class(batch, monkeypat
     model = small_model().eval()
     seen = {}
     monkeypatch.setattr(methods.base.attacks, "pgd", lambda m, x, t, **k: seen.update(k, target=t) or x)
-    methods.create("alp", attack_target="least-likely").perturb(model, x, y)
+    methods.create("alp", attack_target="least-likely").perturb(model, x, y, THREAT)
     assert seen["targeted"] and torch.equal(seen["target"], model(x).argmin(1))
 
 
@@ -311,9 +314,9 @@ def test_clp_noise_trains_on_noisy_inputs_only():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double()
     x, y = torch.rand(4, 1, 2, 2, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
-    assert methods.create("clp").perturb(model, x, y) is x
+    assert methods.create("clp").perturb(model, x, y, THREAT) is x
     noisy = methods.create("clp", noise=0.5)
-    x_noisy = noisy.perturb(model, x, y)
+    x_noisy = noisy.perturb(model, x, y, THREAT)
     assert x_noisy.shape == x.shape and not torch.equal(x_noisy, x) and 0 <= x_noisy.min() and x_noisy.max() <= 1
     loss, _ = noisy.objective(model, x + float("nan"), x_noisy, y)  # the clean batch must not be read
     f = model(x_noisy)

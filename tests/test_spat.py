@@ -16,6 +16,7 @@ from advrep.methods.spat import modulated_logits, pair_consistency
 from advrep.methods.spat_readouts import hardest_pairs, plot_confusion
 from advrep.models import CosineHead, create
 from advrep.readouts import Probe, run
+from advrep.threat import Threat
 
 
 def softmax(row):
@@ -171,8 +172,8 @@ def test_a_different_head_scale_is_an_error():
         config.load(None, ["--method=spat", "--model.head=linear"])
     model = create("small-cnn", head="cosine", scale=1.0, in_channels=1, image_size=28)
     with pytest.raises(ConfigError, match="scale to equal method.s = 8.0, got 1.0"):
-        methods.create("spat", eps=0.3, step_size=0.1, steps=1).perturb(model, torch.rand(2, 1, 28, 28),
-                                                                       torch.tensor([0, 1]))
+        methods.create("spat").perturb(model, torch.rand(2, 1, 28, 28), torch.tensor([0, 1]),
+                                       Threat(eps=0.3, step_size=0.1, steps=1))
 
 
 def test_projection_keeps_unit_rows_with_no_gradient_through_it():
@@ -215,7 +216,7 @@ def test_attack_maximizes_per_sample_rob_against_a_fixed_clean_side(monkeypatch)
     x, y = torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 2])
     seen = {}
     monkeypatch.setattr(methods.base.attacks, "pgd", lambda m, x, y, **k: seen.update(k) or x)
-    methods.create("spat", eps=0.3, step_size=0.1, steps=2).perturb(model, x, y)
+    methods.create("spat").perturb(model, x, y, Threat(eps=0.3, step_size=0.1, steps=2))
     assert seen["random_start"] == "normal" and seen.get("init_std", 0.001) == 0.001
     assert (seen["eps"], seen["step_size"], seen["steps"]) == (0.3, 0.1, 2)
     assert model.modes == [False], "clean side computed once, with eval-mode BatchNorm"
@@ -232,8 +233,8 @@ def test_attack_increases_the_robust_loss():
     torch.manual_seed(0)
     model = create("small-cnn", head="cosine", scale=8.0, in_channels=1, image_size=28).eval()
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    method = methods.create("spat", eps=0.3, step_size=0.05, steps=5)
-    x_adv = method.perturb(model, x, y)
+    method = methods.create("spat")
+    x_adv = method.perturb(model, x, y, Threat(eps=0.3, step_size=0.05, steps=5))
     assert (x_adv - x).abs().max() <= 0.3 + 1e-6
     with torch.no_grad():
         c = model(x) / 8

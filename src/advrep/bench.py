@@ -28,6 +28,7 @@ from . import data, methods, models
 from .config import FAMILY_THREAT
 from .data.loader import DeviceLoader, random_crop, random_flip
 from .tensors import fp32
+from .threat import Threat
 
 KL_ATTACKS = ("trades", "spat")  # methods whose attack maximizes a KL-type loss against clean outputs
 
@@ -101,12 +102,12 @@ def _host_loader(x_uint8, y, batch_size, augment: str):
 def run(s: Setup, warmup: int = 2, calls: int = 5) -> dict:
     info = data.info(s.dataset)
     fam = FAMILY_THREAT[info.family]
-    threat = dict(eps=fam["eps"], step_size=fam["step_size"], steps=fam["steps"])
+    threat = Threat(eps=fam["eps"], step_size=fam["step_size"], steps=fam["steps"])
     torch.manual_seed(0)
     model = models.create(s.arch, num_classes=info.num_classes, in_channels=info.channels,
                           image_size=info.image_size, head=methods.head_of(s.method) or "linear",
                           normalization=(info.mean, info.std)).to(s.device)
-    method = methods.create(s.method, **threat)
+    method = methods.create(s.method)
     # advrep's side trains its own copy (the only one compiled), from the same weights
     fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last) if s.channels_last \
         else copy.deepcopy(model)
@@ -125,20 +126,20 @@ def run(s: Setup, warmup: int = 2, calls: int = 5) -> dict:
 
     def fast_attack(xb=x_fast, yb=y):
         with amp:
-            return method.perturb(fast_model, xb, yb)
+            return method.perturb(fast_model, xb, yb, threat)
 
     def plain_attack(xb=x, yb=y):
         if not method.adversarial:
             return xb
         with methods.base.bn_mode(model, method.cfg.attack_bn):
-            return plain_pgd(model, xb, yb, eps=threat["eps"], step_size=threat["step_size"],
-                             steps=threat["steps"], kl=kl)
+            return plain_pgd(model, xb, yb, eps=threat.eps, step_size=threat.step_size,
+                             steps=threat.steps, kl=kl)
 
     def step(net, attack, xb, yb, autocast):
         x_adv = attack(xb, yb)
         with autocast:
             net.train()
-            loss, _ = method.objective(net, xb, x_adv, yb)
+            loss, _ = method.objective(net, xb, x_adv, yb, threat)
         opts[net].zero_grad(set_to_none=True)
         fp32(loss).backward()
         opts[net].step()

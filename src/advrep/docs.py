@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .config import THREAT_FIELDS
-
 
 def _defaults(cls) -> str:
-    hidden = THREAT_FIELDS + (() if getattr(cls, "adversarial", True) else ("attack_bn",))
+    hidden = () if getattr(cls, "adversarial", True) else ("attack_bn",)
     items = [f"{f.name}={f.default!r}" for f in fields(cls.Config) if f.name not in hidden]
     return ", ".join(items) if items else "—"
 

@@ -1,9 +1,10 @@
 """Training methods, one short file each, registered under their CLI names, and the add-on
 terms that compose with a base objective (``trades+lp``).
 
-``advrep.methods.create(name, **hparams)`` returns a method; ``method.perturb(model, x, y)``
-returns ``x_adv`` and ``method.objective(model, x, x_adv, y)`` returns ``(loss, metrics)``.
-A composition takes its terms' hyperparameters as ``terms={"lp": {"weight": 0.5}}``.
+``advrep.methods.create(name, **hparams)`` returns a method; ``method.perturb(model, x, y,
+threat)`` returns ``x_adv`` for a :class:`~advrep.threat.Threat`, and ``method.objective(model, x,
+x_adv, y, threat)`` returns ``(loss, metrics)``. A composition takes its terms' hyperparameters
+as ``terms={"lp": {"weight": 0.5}}``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import importlib
 import pkgutil
 from dataclasses import fields
 
-from ..config import THREAT_FIELDS
 from ..errors import ConfigError
 from ..registry import suggest
+from ..threat import FIELDS as THREAT_FIELDS
 from .base import Method, MethodConfig, Passes, Term
 from .compose import Composite
 from .registry import METHODS, TERMS
@@ -43,6 +44,10 @@ def _split(name: str) -> tuple[type, list[str]]:
 
 def create(name: str, terms: dict | None = None, **hparams) -> Method:
     cls, term_names = _split(name)
+    for key in THREAT_FIELDS:
+        if key in hparams:
+            raise ConfigError(f"the threat model is not a method setting: pass {key} in the Threat given to "
+                              f"perturb(model, x, y, threat), or set threat.{key} in a config")
     terms = dict(terms or {})
     for t in terms:
         if t not in term_names:
@@ -80,7 +85,7 @@ def validate_section(section: dict, terms: dict | None = None) -> tuple[dict, di
         if key in section:
             raise ConfigError(f"set the attack's {key} with threat.{key}, not method.{key}")
     cls, term_names = _split(name)
-    valid = [f.name for f in fields(cls.Config) if f.name not in THREAT_FIELDS]
+    valid = [f.name for f in fields(cls.Config)]
     for key in section:
         if key not in valid:
             raise ConfigError(f"unknown config key 'method.{key}' for method '{cls.name}'{suggest(key, valid)}; "
@@ -90,7 +95,7 @@ def validate_section(section: dict, terms: dict | None = None) -> tuple[dict, di
                           f"got {terms!r}")
     hp = create(name, terms=terms, **section).hparams()
     resolved_terms = hp.pop("terms", {})
-    return {"name": name, **{k: v for k, v in hp.items() if k not in THREAT_FIELDS}}, resolved_terms
+    return {"name": name, **hp}, resolved_terms
 
 
 __all__ = ["create", "bases", "head_of", "readouts_of", "Method", "MethodConfig", "Passes", "Term", "Composite", "METHODS", "TERMS",

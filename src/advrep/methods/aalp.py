@@ -85,6 +85,9 @@ class Aalp(Alp):
     Config = AalpConfig
     base = False  # terms would read the undropped logits, not the ones this loss uses
     head = "linear"
+    # Guided dropout calls the head on the dropped features outside the passes, where reverse
+    # attention would select its rows by the auxiliary argmax instead of the label: refused.
+    supports_ra = False
     readouts = ("contribution_concentration",)
     formula = ("½·CE(f, y) + ½·CE(f', y) + λ·(1/B)·Σ_i w_i·mean_k(f_ik − f'_ik)², w_i = sg(p'_{i,y_i})^γ, "
                "f, f' from guided dropout (training only: keep the top-ρ features by h_ik·W_{ŷ_i,k}, "

@@ -109,7 +109,7 @@ class Dpnp(Method):
             if getattr(self.cfg, key, 0.0) < 0:
                 raise ConfigError(f"method.{key} must be >= 0 (0 switches the term off), got {getattr(self.cfg, key)}")
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, threat):
         return x
 
     def clean_branch(self, p, y):
@@ -132,12 +132,12 @@ class AdvDpnp(Dpnp):
                "+ λ_cons·(1/B)·Σ_i KL(softmax(h_i·C̄ᵀ) ‖ softmax(h'_i·C̄ᵀ)), C̄ = sg(C): prototypes learn from clean data "
                "only; attack: PGD on CE(h'·Cᵀ, y) from a uniform start (attack=kl: TRADES' KL attack)")
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, threat):
         if self.cfg.attack == "kl":
             with bn_mode(model, self.cfg.attack_bn), torch.no_grad():
                 clean_logits = model(x)
-            return self.attack(model, x, y, loss="kl", random_start="normal", clean_logits=clean_logits)
-        return self.attack(model, x, y, loss="ce", random_start="uniform")
+            return self.attack(model, x, y, threat, loss="kl", random_start="normal", clean_logits=clean_logits)
+        return self.attack(model, x, y, threat, loss="ce", random_start="uniform")
 
     def adversarial_branch(self, p, y):
         """``L_ce' + λ_pos·L_pos' + λ_cons·L_cons`` on detached prototypes: the backbone only."""

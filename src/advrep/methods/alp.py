@@ -34,12 +34,12 @@ class Alp(Method):
     formula = "½·CE(f, y) + ½·CE(f', y) + λ·mean_{i,k}(f_ik − f'_ik)²; attack: PGD on CE(f', y)"
     source = "Kannan, Kurakin, Goodfellow, 2018 (arXiv 1803.06373)"
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, threat):
         if self.cfg.attack_target == "least-likely":
             with bn_mode(model, self.cfg.attack_bn), torch.no_grad():
                 target = model(x).argmin(1)
-            return self.attack(model, x, target, loss="ce", random_start="uniform", targeted=True)
-        return self.attack(model, x, y, loss="ce", random_start="uniform")
+            return self.attack(model, x, target, threat, loss="ce", random_start="uniform", targeted=True)
+        return self.attack(model, x, y, threat, loss="ce", random_start="uniform")
 
     def loss(self, p, y):
         ce_nat, ce_adv = ce(p.logits, y), ce(p.logits_adv, y)

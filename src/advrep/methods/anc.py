@@ -43,7 +43,7 @@ from typing import Literal, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..attacks.losses import LOSSES, kl_to, targeted as make_targeted
+from ..attacks.losses import kl_to
 from ..errors import ConfigError
 from ..models import ra
 from ..tensors import fp32
@@ -123,34 +123,26 @@ class Anc(Term):
         self._negatives: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per step's passes
 
     def attach(self, base: Method) -> None:
-        """Route the base's attacks through the auxiliary-head loss (``attack_aux``) and, with
-        ``base_attack=ce``, replace its inner maximization by the code's CE-PGD."""
         self.base = base
-        own = base.attack
 
-        def attack(model, x, y, **kwargs):
-            if self.cfg.attack_aux and ra.enabled(model):
-                kwargs["loss"] = self._ra_loss(model, x, kwargs.get("loss", "ce"), kwargs.get("targeted", False),
-                                               kwargs.get("clean_logits"))
-            return own(model, x, y, **kwargs)
+    def attack_hook(self, base: Method):
+        """With ``attack_aux`` (on RA models): every attack loss gains ``cr · mean_k loss(a_k)``."""
+        return self._ra_loss if self.cfg.attack_aux else None
 
-        base.attack = attack
+    def perturb(self, base: Method, model, x, y, threat):
+        """With ``base_attack=ce``, the code's CE-PGD from ``x + 0.001·N(0, 1)``, not the base's attack."""
         if self.cfg.base_attack == "ce":
-            base.perturb = lambda model, x, y: base.attack(model, x, y, loss="ce", random_start="normal")
+            return base.attack(model, x, y, threat, loss="ce", random_start="normal")
+        return None
 
-    def _ra_loss(self, model, x, loss, targeted: bool, clean_logits):
-        points = ra.state(model).points
-        if loss == "kl":  # TRADES: each auxiliary head against its own clean prediction
+    def _ra_loss(self, model, x, spec, loss):
+        if not ra.enabled(model):
+            return loss
+        if spec == "kl":  # TRADES: each auxiliary head against its own clean prediction
             with bn_mode(model, self.base.cfg.attack_bn), torch.no_grad():
-                logits = model(x)
-            heads = ra.auxiliary(model)
-            return ra.with_auxiliary(model, kl_to(logits if clean_logits is None else clean_logits),
-                                     [kl_to(a) for _, a in heads])
-        if not callable(loss):
-            if loss not in LOSSES:
-                raise ConfigError(f"unknown attack loss '{loss}'; use one of: ce, cw, kl, or a callable")
-            loss = make_targeted(LOSSES[loss]) if targeted else LOSSES[loss]
-        return ra.with_auxiliary(model, loss, [loss] * points)
+                model(x)
+            return ra.with_auxiliary(model, loss, [kl_to(a) for _, a in ra.auxiliary(model)])
+        return ra.with_auxiliary(model, loss, [loss] * ra.state(model).points)
 
     def _negatives_of(self, p, y) -> Negatives:
         model, x = p.model, p.x
@@ -161,7 +153,9 @@ class Anc(Term):
             with bn_mode(model, self.base.cfg.attack_bn), torch.no_grad():
                 logits = model(x)
         index, valid = pick_negatives(y, p.logits.shape[1], strategy, logits)
-        x_neg = self.base.attack(model, x[index], y, loss="ce", targeted=True, random_start="normal")
+        if p.threat is None:
+            raise ConfigError("term 'anc' attacks inside the loss: call objective(..., threat=threat)")
+        x_neg = self.base.attack(model, x[index], y, p.threat, loss="ce", targeted=True, random_start="normal")
         with ra.labels(model, y[index]):  # training mode: RA weights by the negative's own label
             out = model.forward_features(x_neg)[1] if hasattr(model, "forward_features") else model(x_neg)
         return Negatives(valid, out, ra.auxiliary(model))

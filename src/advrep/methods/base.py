@@ -1,8 +1,15 @@
 """The method contract: a dataclass of hyperparameters and two steps.
 
-- ``perturb(model, x, y) -> x_adv``: the inner maximization, built from :mod:`advrep.attacks`;
-- ``objective(model, x, x_adv, y) -> (loss, metrics)``: the outer loss, with ``metrics`` a
-  dict of detached scalar tensors that the trainer averages once per epoch (no host syncs).
+- ``perturb(model, x, y, threat) -> x_adv``: the inner maximization in the threat model
+  ``threat`` (:class:`advrep.threat.Threat`, one frozen value the caller owns), built from
+  :mod:`advrep.attacks`;
+- ``objective(model, x, x_adv, y, threat=None) -> (loss, metrics)``: the outer loss, with
+  ``metrics`` a dict of detached scalar tensors that the trainer averages once per epoch (no
+  host syncs); ``threat`` is read only by terms that attack inside the loss (``anc``).
+
+What a method needs of the model it declares, and the config applies: ``head`` (the head it
+trains), :meth:`Method.head_args` (head options it fixes, e.g. SPAT's scale) and
+``supports_ra`` (whether it may run on a model with reverse attention).
 
 A method implements ``loss(passes, y)`` on :class:`Passes`, which runs the clean and the
 adversarial forward pass at most once each, as separate passes (as the original
@@ -15,31 +22,35 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import attacks
-from ..config import ModelConfig, build
+from ..coercion import build
 from ..errors import ConfigError
 from ..models import ra
 from ..tensors import fp32
+from ..threat import Threat
 
 Metrics = dict[str, torch.Tensor]
 
 
 @dataclass
 class MethodConfig:
-    """Fields every method has: the training threat model (filled from the config's
-    ``threat`` section) and how BatchNorm behaves while the attack runs."""
+    """The field every method has: how BatchNorm behaves while the training attack runs (the
+    threat model itself is not a method's: it comes with each call, see the module docstring)."""
 
-    norm: Literal["Linf", "L2"] = "Linf"
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    steps: int = 10
     attack_bn: Literal["eval", "train"] = "eval"
+
+
+# An attack-loss hook: ``hook(model, x, spec, loss) -> loss`` rewrites the objective an attack of
+# the method maximizes (``spec`` is what the method asked for: "ce", "kl", a callable, ...);
+# returning ``loss`` itself leaves the attack as it was.
+AttackHook = Callable[[nn.Module, torch.Tensor, "attacks.LossSpec", "attacks.losses.AttackLoss"],
+                      "attacks.losses.AttackLoss"]
 
 
 @contextlib.contextmanager
@@ -63,11 +74,13 @@ class Passes:
     ``y`` (training-mode RA weights by the true label), ``aux[name]`` keeps each pass's auxiliary
     ``(features, logits)`` per RA point, and :meth:`auxiliary` gives the passes as RA point ``k``'s
     auxiliary head sees them. ``root`` is the step's own passes (itself, or the parent of an
-    auxiliary view) and ``index`` the RA point (None for the step's own passes).
+    auxiliary view) and ``index`` the RA point (None for the step's own passes). ``threat`` is
+    the step's threat model, for terms that attack inside the loss.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor | None = None):
-        self.model, self.x, self.x_adv, self.y = model, x, x_adv, y
+    def __init__(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor | None = None,
+                 threat: Threat | None = None):
+        self.model, self.x, self.x_adv, self.y, self.threat = model, x, x_adv, y, threat
         self.aux: dict[str, list] = {}
         self.root, self.index = self, None
 
@@ -118,7 +131,7 @@ class _AuxiliaryPasses(Passes):
     (the parent's forward runs, once, when first read)."""
 
     def __init__(self, parent: Passes, k: int):
-        super().__init__(parent.model, parent.x, parent.x_adv, parent.y)
+        super().__init__(parent.model, parent.x, parent.x_adv, parent.y, parent.threat)
         self.root, self.index = parent, k
 
     @cached_property
@@ -137,6 +150,10 @@ class Method:
 
     Class attributes document the method for users (``advrep list methods``, docs/methods.md):
     ``formula`` (one line), ``source`` (paper) and ``defaults_note`` (what the defaults follow).
+
+    ``attack_hooks`` are the seam through which a composition's terms reach the method's attacks
+    (:class:`AttackHook`; the composition sets them once, from its terms; :meth:`attack` applies
+    them in order to every attack loss, after :func:`advrep.attacks.attack_loss` resolved it).
     """
 
     name: ClassVar[str]
@@ -144,12 +161,14 @@ class Method:
     adversarial: ClassVar[bool] = True  # False: perturb returns x unchanged
     base: ClassVar[bool] = False  # True: accepts add-on terms (``trades+lp``)
     head: ClassVar[str | None] = None  # the model head this method needs, if any
+    supports_ra: ClassVar[bool] = True  # False: refused on a model with reverse attention
     readouts: ClassVar[tuple[str, ...]] = ()  # read-outs (advrep.readouts) logged per epoch and reported
     formula: ClassVar[str] = ""
     source: ClassVar[str] = ""
 
     def __init__(self, **hparams):
         self.cfg = build(self.Config, hparams, "method")
+        self.attack_hooks: tuple[AttackHook, ...] = ()
 
     def hparams(self) -> dict:
         return asdict(self.cfg)
@@ -158,26 +177,42 @@ class Method:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())
         return f"{type(self).__name__}({args})"
 
-    def check_model(self, model: ModelConfig) -> None:
-        """Raise ConfigError at start-up if the configured model cannot run this method."""
-        if self.head and model.head not in (None, self.head):  # None: auto, resolved to self.head
-            raise ConfigError(f"method '{self.name}' needs model.head={self.head}, got '{model.head}'")
+    def head_args(self) -> dict:
+        """Head options this method fixes (the config fills them in, and refuses other values)."""
+        return {}
 
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        """PGD in the method's threat model with the method's BatchNorm mode."""
-        c = self.cfg
-        with bn_mode(model, c.attack_bn):
-            return attacks.pgd(model, x, y, **{"eps": c.eps, "step_size": c.step_size, "steps": c.steps,
-                                               "norm": c.norm, **kwargs})
+    def check_model(self, model) -> None:
+        """Raise ConfigError at start-up if the configured model (a ``model`` config section)
+        cannot run this method; reads the section, never changes it."""
+        check_model_needs(f"method '{self.name}'", self.head, self.head_args(), self.supports_ra, model)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, *,
+               loss: "attacks.LossSpec" = "ce", targeted: bool = False, clean_logits=None,
+               **kwargs) -> torch.Tensor:
+        """PGD in ``threat`` (``steps``/``step_size`` may be overridden) with the method's
+        BatchNorm mode, maximizing ``loss`` through the method's attack hooks."""
+        with bn_mode(model, self.cfg.attack_bn):
+            if self.attack_hooks:  # resolved here, so each hook sees the objective itself
+                resolved = attacks.attack_loss(loss, targeted=targeted, model=model, x=x, clean_logits=clean_logits)
+                fn = resolved
+                for hook in self.attack_hooks:
+                    fn = hook(model, x, loss, fn)
+                if fn is not resolved:  # a hook changed it (else the attack keeps the plain spec)
+                    loss, clean_logits = fn, None
+            if clean_logits is not None:
+                kwargs["clean_logits"] = clean_logits
+            return attacks.pgd(model, x, y, **{"eps": threat.eps, "step_size": threat.step_size,
+                                               "steps": threat.steps, "norm": threat.norm, "loss": loss,
+                                               "targeted": targeted, **kwargs})
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat) -> torch.Tensor:
         raise NotImplementedError
 
     def loss(self, p: Passes, y: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
-    def objective(self, model, x, x_adv, y) -> tuple[torch.Tensor, Metrics]:
-        passes = Passes(model, x, x_adv, y)
+    def objective(self, model, x, x_adv, y, threat: Threat | None = None) -> tuple[torch.Tensor, Metrics]:
+        passes = Passes(model, x, x_adv, y, threat)
         loss, metrics = self.loss(passes, y)
         attention = ra.state(model)
         if attention is not None:  # ANCRA: cr · the same loss on each RA point's auxiliary logits, averaged
@@ -196,12 +231,15 @@ class Term:
     """An add-on regularizer: ``weight · value(passes, y)`` added to a base objective's loss.
 
     Subclasses set ``Config`` (with the paper's ``weight`` default) and implement ``value``,
-    which returns ``(loss, metrics)`` from the passes the base already ran.
+    which returns ``(loss, metrics)`` from the passes the base already ran. Two optional seams
+    reach the base's attacks: :meth:`attack_hook` (rewrite every attack loss of the base) and
+    :meth:`perturb` (replace the base's inner maximization).
     """
 
     name: ClassVar[str]
     Config: ClassVar[type] = TermConfig
     head: ClassVar[str | None] = None
+    supports_ra: ClassVar[bool] = True
     readouts: ClassVar[tuple[str, ...]] = ()
     formula: ClassVar[str] = ""
     source: ClassVar[str] = ""
@@ -212,16 +250,42 @@ class Term:
     def hparams(self) -> dict:
         return asdict(self.cfg)
 
-    def check_model(self, model: ModelConfig) -> None:
-        if self.head and model.head not in (None, self.head):
-            raise ConfigError(f"term '{self.name}' needs model.head={self.head}, got '{model.head}'")
+    def head_args(self) -> dict:
+        return {}
+
+    def check_model(self, model) -> None:
+        check_model_needs(f"term '{self.name}'", self.head, self.head_args(), self.supports_ra, model)
 
     def attach(self, base: Method) -> None:
         """Called once by the composition with its base method, for terms whose defaults
         depend on the base (for example a clean cross-entropy only where the base lacks one)."""
 
+    def attack_hook(self, base: Method) -> AttackHook | None:
+        """A hook for every attack the composition runs (the base's and the term's own), or
+        None (the default)."""
+        return None
+
+    def perturb(self, base: Method, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                threat: Threat) -> torch.Tensor | None:
+        """Adversarial examples that replace the base's own, or None (the default: the base's)."""
+        return None
+
     def value(self, p: Passes, y: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
+
+
+def check_model_needs(who: str, head: str | None, head_args: dict, supports_ra: bool, model) -> None:
+    """ConfigError if the ``model`` config section cannot give ``who`` the head, head options
+    and reverse-attention support it declares (None in ``model.head``: auto, resolved to it)."""
+    if head and model.head not in (None, head):
+        raise ConfigError(f"{who} needs model.head={head}, got '{model.head}'")
+    for key, value in head_args.items():
+        if key in model.head_args and model.head_args[key] != value:
+            raise ConfigError(f"{who} needs model.head_args.{key} = {value!r}, got {model.head_args[key]!r}; "
+                              f"drop model.head_args.{key}")
+    if getattr(model, "ra", False) and not supports_ra:
+        raise ConfigError(f"{who} does not run on a model with reverse attention (model.ra); "
+                          "set --model.ra=false")
 
 
 # ----------------------------------------------------------------------- loss pieces

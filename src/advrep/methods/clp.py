@@ -43,7 +43,7 @@ class Clp(Method):
         if self.cfg.noise < 0:
             raise ConfigError(f"method.noise is a standard deviation, >= 0; got {self.cfg.noise}")
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, threat):
         """The noisy training inputs (``x`` itself when ``noise`` is 0); not an attack."""
         if not self.cfg.noise:
             return x

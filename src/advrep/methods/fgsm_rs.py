@@ -32,9 +32,9 @@ class FgsmRs(Method):
     formula = "CE(f', y); attack: one signed step of 1.25·eps from a uniform start"
     source = "Wong, Rice, Kolter, ICLR 2020 (arXiv 2001.03994)"
 
-    def perturb(self, model, x, y):
-        return self.attack(model, x, y, loss="ce", random_start="uniform", steps=1,
-                           step_size=self.cfg.step_ratio * self.cfg.eps)
+    def perturb(self, model, x, y, threat):
+        return self.attack(model, x, y, threat, loss="ce", random_start="uniform", steps=1,
+                           step_size=self.cfg.step_ratio * threat.eps)
 
     def loss(self, p, y):
         loss = ce(p.logits_adv, y)

@@ -37,8 +37,8 @@ class Mart(Method):
                "attack: PGD on CE(f', y) from x + 0.001·N(0,1)")
     source = "Wang et al., ICLR 2020 (openreview rklOg6EFwS), official code"
 
-    def perturb(self, model, x, y):
-        return self.attack(model, x, y, loss="ce", random_start="normal")
+    def perturb(self, model, x, y, threat):
+        return self.attack(model, x, y, threat, loss="ce", random_start="normal")
 
     def loss(self, p, y):
         logits, logits_adv = fp32(p.logits), fp32(p.logits_adv)

@@ -22,8 +22,8 @@ class PGDAT(Method):
     formula = "CE(f', y); attack: PGD on CE(f', y) from a uniform start"
     source = "Madry et al., ICLR 2018 (arXiv 1706.06083)"
 
-    def perturb(self, model, x, y):
-        return self.attack(model, x, y, loss="ce", random_start="uniform")
+    def perturb(self, model, x, y, threat):
+        return self.attack(model, x, y, threat, loss="ce", random_start="uniform")
 
     def loss(self, p, y):
         loss = ce(p.logits_adv, y)

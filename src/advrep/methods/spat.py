@@ -21,8 +21,9 @@ stops the gradient through the self-paced factors, so they act as pure weights �
 for the second loss, the factor ``(κ + n)`` of ``L_rob``. The attack always maximizes the value
 of ``L_rob`` with full gradient.
 
-The scale: the method reads ``c = logits / s``, so the model must output ``s·c``. With a config,
-``spat`` sets ``model.head_args.scale = s`` when it is unset (a different scale is an error):
+The scale: the method reads ``c = logits / s``, so the model must output ``s·c``. ``spat``
+declares ``head_args() = {scale: s}``, which the config fills in when unset (a different scale
+is an error):
 the deployed model then outputs the logits SPAT trains on, and evaluation attacks see the
 logits the model is used with, not cosines in [-1, 1] on which a cross-entropy PGD is weak.
 A model built by hand with a cosine head of another scale is refused at the first step.
@@ -89,13 +90,16 @@ class Spat(Method):
                "attack: PGD on Σ_k κ(κ + n) from x + 0.001·N(0,1)")
     source = "Hou, Han, Li, AAAI 2023 (arXiv 2210.15068), official code"
 
+    def head_args(self) -> dict:
+        return {"scale": self.cfg.s}  # the deployed model outputs s·c
+
     def check_model(self, model) -> None:
-        super().check_model(model)
-        scale = model.head_args.setdefault("scale", self.cfg.s)  # the deployed model outputs s·c
+        scale = model.head_args.get("scale", self.cfg.s)
         if not isinstance(scale, (int, float)) or float(scale) != self.cfg.s:
             raise ConfigError(f"method 'spat' reads cosines as logits / s, so model.head_args.scale must equal "
                               f"method.s = {self.cfg.s}, got {scale!r}; drop model.head_args.scale or set "
                               f"--method.s={scale}")
+        super().check_model(model)
 
     def _cosines(self, model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
         head = getattr(model, "head", None)
@@ -104,7 +108,7 @@ class Spat(Method):
                               f"got {head.scale}; build the model with scale={self.cfg.s}")
         return fp32(logits) / self.cfg.s
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, threat):
         c = self.cfg
         with bn_mode(model, c.attack_bn), torch.no_grad():
             clean = self._cosines(model, model(x))
@@ -112,7 +116,7 @@ class Spat(Method):
         def objective(logits, _y):
             return pair_consistency(clean, self._cosines(model, logits), c.n, c.s)
 
-        return self.attack(model, x, y, loss=objective, random_start="normal")
+        return self.attack(model, x, y, threat, loss=objective, random_start="normal")
 
     def loss(self, p, y):
         c = self.cfg

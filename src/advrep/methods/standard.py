@@ -17,7 +17,7 @@ class Standard(Method):
     formula = "CE(f, y)"
     source = "standard empirical risk minimization (no attack)"
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, threat):
         return x
 
     def loss(self, p, y):

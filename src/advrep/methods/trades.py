@@ -33,10 +33,10 @@ class Trades(Method):
     formula = "CE(f, y) + β·(1/B)·Σ_i KL(p_i ‖ p'_i); attack: PGD on KL(sg(p) ‖ p') from x + 0.001·N(0,1)"
     source = "Zhang et al., ICML 2019 (arXiv 1901.08573), official code"
 
-    def perturb(self, model, x, y):
+    def perturb(self, model, x, y, threat):
         with bn_mode(model, self.cfg.attack_bn), torch.no_grad():
             clean_logits = model(x)
-        return self.attack(model, x, y, loss="kl", random_start="normal", clean_logits=clean_logits)
+        return self.attack(model, x, y, threat, loss="kl", random_start="normal", clean_logits=clean_logits)
 
     def loss(self, p, y):
         loss_nat = ce(p.logits, y)
