@@ -130,10 +130,10 @@ def test_a_distributed_evaluation_gives_the_report_of_one_process(runs, shared, 
 
 
 def test_shard_splits_a_range_contiguously(monkeypatch):
-    monkeypatch.setattr(distributed, "world", lambda: 2)
+    monkeypatch.setattr(distributed.group, "world", lambda: 2)
     shards = []
     for r in (0, 1):
-        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(distributed.group, "rank", lambda r=r: r)
         shards.append(distributed.shard(5))
     assert shards == [(0, 2), (2, 5)]
 
@@ -142,10 +142,10 @@ def test_sharded_loader_gives_each_rank_its_slice_and_trims_the_last_batch(monke
     x = torch.arange(21, dtype=torch.uint8).view(21, 1, 1, 1).expand(21, 1, 2, 2).contiguous()
     y = torch.arange(21)
     whole = [yb for _, yb in DeviceLoader(x, y, 8, shuffle=True, seed=3)]  # 8, 8, 5 images
-    monkeypatch.setattr(distributed, "world", lambda: 2)
+    monkeypatch.setattr(distributed.group, "world", lambda: 2)
     parts = []
     for r in (0, 1):
-        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(distributed.group, "rank", lambda r=r: r)
         loader = distributed.ShardedLoader(x, y, 8, shuffle=True, seed=3)
         assert len(loader) == 3
         parts.append([yb for _, yb in loader])
@@ -161,7 +161,7 @@ def test_global_draws_give_a_rank_the_rows_one_process_draws(monkeypatch):
 
     torch.manual_seed(5)
     ref = draws()
-    monkeypatch.setattr(distributed, "world", lambda: 2)
+    monkeypatch.setattr(distributed.group, "world", lambda: 2)
     for lo, hi in ((0, 2), (2, 6)):  # unequal shards, as in an evaluation batch
         torch.manual_seed(5)
         with distributed.global_draws(lo, hi, 6):
