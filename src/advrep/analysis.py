@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, contributions, methods, readouts  # noqa: F401  (these register read-outs)
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .readouts import Probe
 
 EMBED_MAX_IMAGES = 500  # exact t-SNE is O(N²) per iteration: 1,000 points (clean + adv) take ~15 s on a CPU
@@ -250,18 +250,15 @@ def load_run(run_dir: Path, overrides=(), progress: bool = True):
     (``eval.checkpoint``), with the dataset-dependent config autos resolved."""
     from . import config as config_mod
     from .factory import load_data, model_from_checkpoint, resolve_device
+    from .runs import Run
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not an advrep run directory (no config.yaml)")
-    cfg = config_mod.load(run_dir / "config.yaml", list(overrides))
-    tag = cfg.eval.checkpoint
-    if not (run_dir / f"{tag}.json").is_file():
-        raise CheckpointError(f"{run_dir} has no '{tag}' checkpoint yet; try --checkpoint last")
+    run = Run.open(run_dir)
+    cfg = run.config(overrides)
+    stem = run.checkpoint(cfg.eval.checkpoint)
     device = resolve_device(cfg.device)
     splits = load_data(cfg.data, progress=progress)
     cfg = config_mod.resolve(cfg, splits.info)
-    model, meta = model_from_checkpoint(run_dir / tag, device)
+    model, meta = model_from_checkpoint(stem, device)
     return cfg, model, meta, splits, device
 
 

@@ -6,9 +6,11 @@ A checkpoint ``<dir>/<tag>`` is
 - ``<tag>.json``: architecture, head, normalization, method, threat model, the resolved
   config, library and torch versions, epoch, best validation robust accuracy.
 
-Each file is written to a temporary name and renamed into place, sidecar last; every file
-carries the same random token (safetensors metadata / JSON field), so a set interrupted
-half-way through being replaced is detected on load instead of mixing two epochs.
+Each file is written to a temporary name, flushed and renamed into place
+(:mod:`advrep.fileops`), sidecar last; every file carries the same random token (safetensors
+metadata / JSON field), so a set whose files come from two different writes is detected on load
+instead of mixing two epochs. A run writes each epoch's set under new names and commits it with
+one pointer file (:mod:`advrep.runs`), so its sets are never replaced in place.
 
 Random-number state is not stored: the trainer reseeds from ``(seed, epoch)`` at the start of
 every epoch, so the state at an epoch boundary is derived, not saved.
@@ -17,7 +19,6 @@ every epoch, so the state at an epoch boundary is derived, not saved.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import fileops
 from .errors import CheckpointError
 
 FORMAT = "advrep-checkpoint/1"
-
-
-def _staged(path: Path, write) -> Path:
-    """Write through ``write`` to a temporary sibling of ``path``; return that name."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    return tmp
 
 
 def _tensors(state: dict) -> dict[str, torch.Tensor]:
@@ -65,7 +60,8 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 def save(directory: str | Path, tag: str, model: torch.nn.Module, meta: dict,
          optimizer: torch.optim.Optimizer | None = None) -> None:
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with fileops.storage_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
     meta = {"format": FORMAT, **meta, "token": token}
     files = [(directory / f"{tag}.safetensors",
@@ -77,9 +73,8 @@ def save(directory: str | Path, tag: str, model: torch.nn.Module, meta: dict,
                       lambda p: save_file(_tensors(opt_tensors), str(p), metadata={"token": token})))
     files.append((directory / f"{tag}.json",
                   lambda p: p.write_text(json.dumps(meta, indent=1, default=str))))
-    staged = [(final, _staged(final, write)) for final, write in files]
-    for final, tmp in staged:
-        os.replace(tmp, final)
+    for final, write in files:
+        fileops.write_with(final, write)
 
 
 def read_meta(path: str | Path) -> dict:
@@ -120,13 +115,14 @@ def _load_tensors(path: Path, token: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
-    """Return ``(model_state, meta, optimizer_state or None)`` of an advrep checkpoint."""
+def load(path: str | Path, optimizer: bool = True) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
+    """Return ``(model_state, meta, optimizer_state or None)`` of an advrep checkpoint; with
+    ``optimizer=False`` the optimizer file is not read (a model to evaluate needs none)."""
     base = stem(path)
     meta = read_meta(base)
     state = _load_tensors(base.with_name(base.name + ".safetensors"), meta["token"])
     opt = None
-    if "optimizer" in meta:
+    if optimizer and "optimizer" in meta:
         opt_tensors = _load_tensors(base.with_name(base.name + ".optim.safetensors"), meta["token"])
         opt = _join_optimizer(opt_tensors, meta["optimizer"])
     return state, meta, opt

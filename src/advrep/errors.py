@@ -23,3 +23,8 @@ class CheckpointError(AdvrepError):
 
 class TrainingError(AdvrepError):
     """Training cannot continue (for example a NaN loss); the last good checkpoint is kept."""
+
+
+class StorageError(AdvrepError):
+    """A file cannot be written (disk full, no permission) or a run directory is in use;
+    whatever was complete before is kept."""

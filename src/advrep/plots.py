@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from . import fileops
+
 # Paul Tol's muted qualitative scheme (personal.sron.nl/~pault), distinct under the common
 # colour-vision deficiencies; black as the tenth colour for 10-class datasets.
 PALETTE = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255",
@@ -36,11 +38,14 @@ def _figure(width: float, height: float, cols: int = 1, share: bool = False):
 
 
 def save(fig, path: Path) -> None:
-    """PNG at 110 dpi, trimmed to its content (nothing cut off, no overlap at the edges)."""
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    """PNG at 110 dpi, trimmed to its content (nothing cut off, no overlap at the edges),
+    written atomically."""
     import matplotlib.pyplot as plt
 
-    plt.close(fig)  # read-outs' plots may come from pyplot; a no-op for the others
+    try:
+        fileops.write_with(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)  # read-outs' plots may come from pyplot; a no-op for the others
 
 
 def attack_text(attack: dict) -> str:

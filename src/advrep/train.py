@@ -20,7 +20,6 @@ split over the ranks, and rank 0 alone writes the run directory while the others
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -30,13 +29,14 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint, distributed, readouts
 from . import config as config_mod
-from . import methods
 from .config import Config, TrainConfig
 from .data.loader import epoch_seed
 from .errors import ConfigError, TrainingError
 from .factory import build_model, load_data, normalization, resolve_device, split_validation
 from .models.heads import resolved_options
 from .readouts import Probe
+from .runs import Run
+from .threat import Threat
 
 SYNC_EVERY = 50  # steps between host reads of the non-finite-loss flag
 
@@ -89,6 +89,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  log=print):
         self.run_dir = Path(run_dir)
+        self.run: Run | None = None  # the run directory's writer (rank 0 only)
         self.progress = progress
         self.log = log
         self.device = distributed.setup(resolve_device(cfg.device))
@@ -96,8 +97,9 @@ class Trainer:
         self.splits = load_data(cfg.data, progress=progress)
         cfg = config_mod.resolve(cfg, self.splits.info)
         self.cfg = cfg
-        self.method = methods.create(cfg.method["name"], terms=cfg.terms, **self._method_args(cfg))
+        self.method = config_mod.create_method(cfg.method, cfg.terms)
         self.method.check_model(cfg.model)
+        self.threat = Threat.of(cfg.threat)
         torch.manual_seed(cfg.seed)
         model = distributed.sync_batchnorm(build_model(cfg.model, self.splits.info), self.device)
         self.model = model.to(self.device)
@@ -127,27 +129,21 @@ class Trainer:
         self.train_model = distributed.DataParallel(self.model, self.device) if distributed.world() > 1 \
             else self.model
 
-    @staticmethod
-    def _method_args(cfg: Config) -> dict:
-        hp = {k: v for k, v in cfg.method.items() if k != "name"}
-        return {**hp, **{k: getattr(cfg.threat, k) for k in config_mod.THREAT_FIELDS}}
-
     # ------------------------------------------------------------------ run directory
 
     def _start(self) -> None:
-        if (self.run_dir / "last.json").exists():
-            raise ConfigError(f"{self.run_dir} already holds a run; continue it with "
-                              f"`advrep train --resume {self.run_dir}` or choose another --out")
         if distributed.is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            config_mod.save(self.cfg, self.run_dir / "config.yaml")
-            (self.run_dir / "metrics.jsonl").write_text("")
+            self.run = Run.create(self.run_dir, self.cfg)
         distributed.barrier()
 
     def _resume(self) -> None:
-        state, meta, opt_state = checkpoint.load(self.run_dir / "last")
-        checkpoint.load_state_checked(self.model, state, str(self.run_dir / "last.safetensors"),
-                                      self.cfg.model.arch)
+        if distributed.is_main():
+            self.run = Run.open(self.run_dir).acquire()
+            self.run.recover()  # whatever a crash left past the last commit goes
+        distributed.barrier()
+        stem = Run(self.run_dir).checkpoint("last")
+        state, meta, opt_state = checkpoint.load(stem)
+        checkpoint.load_state_checked(self.model, state, str(stem) + ".safetensors", self.cfg.model.arch)
         if meta["config"]["train"]["optimizer"] != self.cfg.train.optimizer:
             raise ConfigError(f"{self.run_dir} was trained with {meta['config']['train']['optimizer']}; its "
                               f"optimizer state cannot continue as {self.cfg.train.optimizer}")
@@ -156,13 +152,8 @@ class Trainer:
             group.update(self.optimizer.defaults)
         self.start_epoch, self.best = meta["epoch"], meta["best_val_robust"]
         distributed.barrier()  # every rank has read the checkpoint before rank 0 rewrites files
-        if not distributed.is_main():
-            return
-        config_mod.save(self.cfg, self.run_dir / "config.yaml")
-        # drop rows of epochs the checkpoint does not include (a crash after logging)
-        path = self.run_dir / "metrics.jsonl"
-        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["epoch"] <= self.start_epoch]
-        path.write_text("".join(r + "\n" for r in rows))
+        if distributed.is_main():
+            self.run.write_config(self.cfg)
 
     def _meta(self, epoch: int) -> dict:
         c = self.cfg
@@ -179,14 +170,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _set_eps(self, epoch: int, frac: float) -> None:
-        """Ramp the training eps (and step) linearly over ``eps_warmup_epochs``; MNIST-scale eps
-        from the first step can leave a fresh network stuck at chance."""
+    def threat_at(self, epoch: int, frac: float) -> Threat:
+        """The training threat model at ``epoch + frac``: eps (and step) ramped linearly over
+        ``eps_warmup_epochs``; MNIST-scale eps from the first step can leave a fresh network
+        stuck at chance."""
         warm = self.cfg.train.eps_warmup_epochs
-        if warm:
-            scale = min(1.0, (epoch + frac) / warm)
-            self.method.cfg = dataclasses.replace(self.method.cfg, eps=self.cfg.threat.eps * scale,
-                                                  step_size=self.cfg.threat.step_size * scale)
+        return self.threat.scaled(min(1.0, (epoch + frac) / warm)) if warm else self.threat
 
     def train_epoch(self, epoch: int) -> dict:
         cfg, model, opt = self.cfg, self.model, self.optimizer
@@ -200,15 +189,15 @@ class Trainer:
                    disable=None if self.progress and distributed.is_main() else True, leave=False)
         for step, (x, y) in enumerate(bar):
             lr = lr_at(cfg.train, epoch, step / n)
-            self._set_eps(epoch, (step + 1) / n)
+            threat = self.threat_at(epoch, (step + 1) / n)
             for group in opt.param_groups:
                 group["lr"] = lr
             lo = distributed.rank() * len(x)  # equal shards: this rank holds rows [lo, lo + len(x))
             with _amp_context(cfg.train, self.device):
                 with distributed.global_draws(lo, lo + len(x), len(x) * distributed.world()):
-                    x_adv = self.method.perturb(model, x, y)
+                    x_adv = self.method.perturb(model, x, y, threat)
                 self.train_model.train()
-                loss, metrics = self.method.objective(self.train_model, x, x_adv, y)
+                loss, metrics = self.method.objective(self.train_model, x, x_adv, y, threat)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -255,7 +244,7 @@ class Trainer:
             t0 = time.time()
             row = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, 0.0)}
             row.update(self.train_epoch(epoch))
-            row["eps"] = self.method.cfg.eps
+            row["eps"] = self.threat_at(epoch, 1.0).eps
             row["train_time_s"] = round(time.time() - t0, 2)
             if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
                 row.update(self.validate())
@@ -264,11 +253,8 @@ class Trainer:
             if improved:
                 self.best = row.get("val_robust", self.best)
             if distributed.is_main():
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                checkpoint.save(self.run_dir, "last", self.model, self._meta(epoch + 1), self.optimizer)
-                if improved:
-                    checkpoint.save(self.run_dir, "best", self.model, self._meta(epoch + 1))
+                self.run.append_metrics(row)
+                self.run.commit(epoch + 1, self.model, self._meta(epoch + 1), self.optimizer, improved)
                 self.log(_epoch_line(row, cfg.train.epochs))
             distributed.barrier()  # the others go on once the epoch's checkpoint is complete
         finished = stop == cfg.train.epochs
