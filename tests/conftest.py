@@ -53,6 +53,26 @@ def mnist_runs(tmp_path_factory, shared):
     return runs
 
 
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory, shared):
+    """96 training and 24 test images of real MNIST in the npz layout: a run takes a second."""
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("tiny-mnist")
+    train, test = np.load(shared("mnist") / "train.npz"), np.load(shared("mnist") / "test.npz")
+    np.savez(folder / "train.npz", x=train["x"][:96], y=train["y"][:96])
+    np.savez(folder / "test.npz", x=test["x"][:24], y=test["y"][:24])
+    return folder
+
+
+def tiny_command(data: Path, out: Path, *extra) -> list[str]:
+    """``advrep train`` of the quickstart recipe on :func:`tiny_mnist`: 3 epochs of 1-step PGD."""
+    return ["train", "--quiet", "--config", QUICKSTART, "--data-dir", str(data), "--out", str(out),
+            "--data.val_size=16", "--train.epochs=3", "--train.batch_size=32", "--threat.steps=1",
+            "--train.val_steps=1", "--eval.n=16", "--eval.attacks=[fgsm]", "--eval.checks=false",
+            "--eval.corruptions=none", "--eval.pgd_steps=1", *map(str, extra)]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_data_cache(tmp_path_factory):
     """Downloads and cached surrogates go to a session folder, never the user's cache."""

@@ -4,7 +4,7 @@
     advrep train --resume RUN_DIR [--section.key=value ...]
     advrep eval RUN_DIR|CHECKPOINT [--n N] [--checkpoint best|last] [--section.key=value ...]
     advrep eval --weights FILE --arch NAME --dataset NAME [--normalization none|dataset|NAME]
-    advrep list [datasets|models|heads|methods|terms] [--markdown]
+    advrep list [datasets|models|heads|methods|terms|attacks] [--markdown]
     advrep analyze RUN_DIR [--n N] [--checkpoint best|last] [--out DIR] [--readouts=[...]] [--embedding tsne|pca]
     advrep compare RUN_DIR... [--out DIR] [--n N]
     advrep bench [--method M] [--arch A] [--dataset D] [--batch-size B] [--json]
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,11 +24,28 @@ from . import config as config_mod
 from .errors import AdvrepError, CheckpointError, ConfigError
 
 
-def _overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
-    """``--key=value`` tokens argparse did not know, plus the convenience flags."""
+# What an override may set, per command: a key that changes nothing in a command is an error, not
+# silence (an evaluation does not train, a resumed run cannot change what it trains).
+READ_ONLY = ("data.", "eval.", "threat.", "device", "seed")
+NOT_ON_RESUME = ("model.", "data.dataset", "data.val_size", "data.split_seed", "method.name")
+
+
+def _check_applies(key: str, command: str) -> None:
+    if command in ("eval", "analyze", "compare") and not key.startswith(READ_ONLY):
+        raise ConfigError(f"--{key} does not apply to advrep {command}, which trains nothing; it takes "
+                          f"--data.*, --eval.*, --threat.*, --device and --seed")
+    if command == "resume" and (key == "method" or key.startswith(NOT_ON_RESUME)):
+        raise ConfigError(f"--{key} cannot change when a run is resumed (its checkpoint was trained with the "
+                          "saved value); start a new run with --out to change it")
+
+
+def _overrides(args: argparse.Namespace, extra: list[str], command: str = "train") -> list[str]:
+    """``--key=value`` tokens argparse did not know, plus the convenience flags; each must apply
+    to ``command`` (train, resume, eval, analyze, compare)."""
     for token in extra:
         if not (token.startswith("--") and "=" in token):
             raise ConfigError(f"unrecognized argument '{token}'; overrides look like --train.lr=0.05")
+        _check_applies(token[2:].split("=", 1)[0], command)
     out = list(extra)
     for flag, key in (("data_dir", "data.data_dir"), ("dataset", "data.dataset"), ("device", "device"),
                       ("n", "eval.n"), ("checkpoint", "eval.checkpoint")):
@@ -41,7 +59,7 @@ def _free_run_dir(cfg: config_mod.Config) -> Path:
     """``out_dir/<run name>``, with ``-2``, ``-3``, ... appended while that is taken."""
     base = Path(cfg.out_dir) / config_mod.run_name(cfg)
     path, k = base, 1
-    while (path / "last.json").exists() or (path / "config.yaml").exists():
+    while path.exists() and (not path.is_dir() or any(path.iterdir())):
         k += 1
         path = base.with_name(f"{base.name}-{k}")
     return path
@@ -66,41 +84,57 @@ def _torchrun_aware(command):
 
 @_torchrun_aware
 def cmd_train(args, extra) -> int:
+    from .runs import Run
     from .train import Trainer
 
-    overrides = _overrides(args, extra)
+    overrides = _overrides(args, extra, "resume" if args.resume else "train")
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"{run_dir} is not an advrep run directory (no config.yaml)")
-        cfg = config_mod.load(run_dir / "config.yaml", overrides)
-        if not (run_dir / "last.json").is_file():
-            raise CheckpointError(f"{run_dir} has no last checkpoint to resume from; start it again")
+        if args.config:
+            raise ConfigError("--resume continues a run with its own config.yaml; drop --config (change single "
+                              "values with --section.key=value)")
+        run = Run.open(args.resume)
+        cfg = run.config(overrides)
+        if not run.has_checkpoint("last"):
+            raise CheckpointError(f"{run.path} has no finished epoch to resume from; start it again")
+        run_dir = run.path
     else:
         cfg = config_mod.load(args.config, overrides)
-        if args.out:
-            run_dir = Path(args.out)
-        else:
-            run_dir = _free_run_dir(cfg)
+        run_dir = Path(args.out) if args.out else _free_run_dir(cfg)
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    try:
+        return _train_and_evaluate(trainer, args)
+    finally:
+        if trainer.run is not None:
+            trainer.run.release()
+
+
+def _train_and_evaluate(trainer, args) -> int:
+    from .api import evaluate_checkpoint
+    from .runs import Run
+
     run_dir = trainer.run_dir  # under torchrun, the one rank 0 chose
     print(f"run directory: {run_dir}")
     print(f"training {trainer.cfg.model.arch} on {trainer.splits.info.name} ({len(trainer.loader.x)} images, "
           f"{len(trainer.x_val)} held out) with {trainer.method!r} on {trainer.device}")
-    try:
-        summary = trainer.fit()
-    except KeyboardInterrupt:
-        print(f"interrupted; the last finished epoch is saved. Continue with: advrep train --resume {run_dir}",
-              file=sys.stderr)
-        return 130
+    def saved() -> str:
+        epoch = Run(run_dir).epoch()
+        if epoch == 0:
+            return f"no epoch had finished, nothing to keep; start again with: {args.command_line}"
+        return f"epoch {epoch} is saved; continue with: advrep train --resume {run_dir}"
+
+    args.on_interrupt = saved
+    summary = trainer.fit()
     best = summary["best_val_robust"]
     status = "finished" if summary["finished"] else \
         f"stopped after {summary['epochs_run']} epochs (continue with: advrep train --resume {run_dir})"
     print(f"{status}: {summary['epochs_run']} epochs in {summary['time_s']:.0f}s; best validation robust "
           f"accuracy {100 * best:.2f}%; run directory {run_dir}")
     if summary["finished"] and trainer.cfg.eval.after_train:
-        report = evaluate_checkpoint(run_dir / trainer.cfg.eval.checkpoint, trainer.cfg, trainer.splits,
-                                     trainer.device, run_dir, progress=not args.quiet)
+        args.on_interrupt = (f"training finished and is saved; the evaluation stopped (finished AutoAttack chunks "
+                             f"are kept); evaluate with: advrep eval {run_dir}")
+        tag = trainer.cfg.eval.checkpoint
+        report = evaluate_checkpoint(Run(run_dir).checkpoint(tag), trainer.cfg, trainer.splits, trainer.device,
+                                     run_dir, progress=not args.quiet, label=str(run_dir / tag), run=trainer.run)
         _print_report(report, run_dir)
     return 0
 
@@ -108,82 +142,46 @@ def cmd_train(args, extra) -> int:
 # ----------------------------------------------------------------------------- eval
 
 
-def evaluate_checkpoint(ckpt: Path, cfg, splits, device, out_dir: Path, progress: bool = True,
-                        model=None, meta: dict | None = None) -> dict:
-    import dataclasses
-
-    import torch
-
-    from . import distributed
-    from .evaluate import evaluate, write_report
-    from .factory import model_from_checkpoint
-    from .methods import readouts_of
-
-    if model is None:
-        model, meta = model_from_checkpoint(ckpt, device)
-    cfg = config_mod.resolve(cfg, splits.info)
-    torch.manual_seed(cfg.seed)  # the attacks' random starts: a report is reproducible, whatever ran before
-    progress = progress and distributed.is_main()
-    if not distributed.is_main():  # the attacks are split over the ranks; checks and corruptions run on rank 0
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, checks=False, corruptions="none"))
-    context = {"architecture": meta["arch"], "dataset": splits.info.name, "method": meta.get("method"),
-               "checkpoint": str(ckpt), "epoch": meta.get("epoch")}
-    names = [*(readouts_of(meta["method"]) if meta.get("method") else ()), *cfg.eval.readouts]
-    report = evaluate(model, splits.x_test, splits.y_test, threat=cfg.threat, ev=cfg.eval, device=device,
-                      progress=progress, context=context, readout_names=list(dict.fromkeys(names)),
-                      state_dir=out_dir / "autoattack", surrogate=lambda: _surrogate(cfg, splits, device, progress))
-    if distributed.is_main():
-        write_report(out_dir, report)
-    return report
-
-
-def _surrogate(cfg, splits, device, progress: bool):
-    """The standard-trained model of the transfer check: ``eval.surrogate`` (a run directory or
-    an advrep checkpoint), else a small CNN trained once on the same data and cached."""
-    from .checks import surrogate_for
-    from .factory import model_from_checkpoint
-
-    if cfg.eval.surrogate:
-        path = Path(cfg.eval.surrogate)
-        return model_from_checkpoint(path / "best" if path.is_dir() else path, device)[0]
-    return surrogate_for(cfg.data, splits, device, progress)
-
-
 def _print_report(report: dict, out_dir: Path) -> None:
     from .evaluate import format_table
 
     print(format_table(report))
-    print(f"clean {100 * report['clean_acc']:.2f}%, robust (worst case over the attacks) "
-          f"{100 * report['robust_acc']:.2f}%; report in {out_dir / 'report.json'}")
+    robust = (f", robust (worst case over the attacks) {100 * report['robust_acc']:.2f}%"
+              if "robust_acc" in report else ", no attack ran (no robust accuracy)")
+    print(f"clean {100 * report['clean_acc']:.2f}%{robust}; report in {out_dir / 'report.json'}")
 
 
 @_torchrun_aware
 def cmd_eval(args, extra) -> int:
     from . import distributed
+    from .api import evaluate_checkpoint
     from .factory import load_data, resolve_device
+    from .runs import TAGS, Run, resolve_checkpoint
 
-    overrides = _overrides(args, extra)
+    overrides = _overrides(args, extra, "eval")
     if args.weights:
         return _eval_foreign(args, overrides)
     if args.target is None:
         raise ConfigError("advrep eval needs a run directory or checkpoint (or --weights with --arch)")
     target = Path(args.target)
     if target.is_dir():
-        if not (target / "config.yaml").is_file():
-            raise ConfigError(f"{target} is not an advrep run directory (no config.yaml)")
-        cfg = config_mod.load(target / "config.yaml", overrides)
-        ckpt = target / cfg.eval.checkpoint
-        if not (target / f"{cfg.eval.checkpoint}.json").is_file():
-            raise CheckpointError(f"{target} has no '{cfg.eval.checkpoint}' checkpoint yet; "
-                                  "try --checkpoint last")
+        run = Run.open(target)
+        cfg = run.config(overrides)
+        ckpt = run.checkpoint(cfg.eval.checkpoint)
+        label = str(target / cfg.eval.checkpoint)
         out_dir = Path(args.out) if args.out else target
     else:
-        meta = checkpoint.read_meta(target)
+        ckpt, run = resolve_checkpoint(target)
+        meta = checkpoint.read_meta(ckpt)
         cfg = config_mod.load(None, overrides, base=meta["config"])
-        ckpt, out_dir = checkpoint.stem(target), Path(args.out) if args.out else checkpoint.stem(target).parent
+        stem = checkpoint.stem(target)
+        label = str(stem) if stem.name in TAGS else str(ckpt)
+        out_dir = Path(args.out) if args.out else (run.path if run else stem.parent)
     device = distributed.setup(resolve_device(cfg.device))
+    args.on_interrupt = (f"the evaluation stopped; {out_dir} is unchanged apart from finished AutoAttack chunks, "
+                         f"which the same command reuses: {args.command_line}")
     splits = load_data(cfg.data, progress=not args.quiet)
-    report = evaluate_checkpoint(ckpt, cfg, splits, device, out_dir, progress=not args.quiet)
+    report = evaluate_checkpoint(ckpt, cfg, splits, device, out_dir, progress=not args.quiet, label=label, run=run)
     _print_report(report, out_dir)
     return 0
 
@@ -192,6 +190,7 @@ def _eval_foreign(args, overrides) -> int:
     """A state dict of a supported architecture from elsewhere: safetensors, or a .pt/.pth
     loaded with ``weights_only=True`` (never unpickling code)."""
     from . import data, distributed
+    from .api import evaluate_checkpoint
     from .factory import load_data, model_from_weights, resolve_device
 
     if not args.arch or not args.dataset:
@@ -216,7 +215,7 @@ def _eval_foreign(args, overrides) -> int:
 
 
 def cmd_list(args, extra) -> int:
-    from . import data, methods, models
+    from . import attacks, data, methods, models
 
     what = args.what or "all"
     if args.markdown:
@@ -228,7 +227,7 @@ def cmd_list(args, extra) -> int:
         return 0
     tables = {"datasets": data.DATASETS.names(), "models": models.MODELS.names(),
               "heads": models.HEADS.names(), "methods": methods.METHODS.names(),
-              "terms": methods.TERMS.names()}
+              "terms": methods.TERMS.names(), "attacks": attacks.ATTACKS.names()}
     for name, items in tables.items():
         if what in ("all", name):
             print(f"{name}: {', '.join(items)}")
@@ -266,7 +265,7 @@ def cmd_analyze(args, extra) -> int:
     names = None
     if args.readouts is not None:  # "[a,b]" or "a,b"; "[]" asks for none
         names = [t.strip() for t in args.readouts.strip().strip("[]").split(",") if t.strip()]
-    result, out_dir = analyze_run(Path(args.run_dir), _overrides(args, extra), args.out and Path(args.out),
+    result, out_dir = analyze_run(Path(args.run_dir), _overrides(args, extra, "analyze"), args.out and Path(args.out),
                                   names, args.embedding, progress=not args.quiet)
     g = result["geometry"]
     print(f"{result['n']} test images, clean {100 * result['accuracy']['clean']:.2f}%, robust (PGD) "
@@ -280,7 +279,7 @@ def cmd_compare(args, extra) -> int:
     from .compare import compare
 
     out_dir = compare([Path(d) for d in args.run_dirs], args.out and Path(args.out), n=args.n,
-                      embedding=args.embedding, overrides=_overrides(args, extra), progress=not args.quiet)
+                      embedding=args.embedding, overrides=_overrides(args, extra, "compare"), progress=not args.quiet)
     print((out_dir / "compare.md").read_text(encoding="utf-8").split("## Feature geometry")[0].rstrip())
     print(f"comparison in {out_dir / 'compare.md'} and {out_dir / 'compare.html'}")
     return 0
@@ -334,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("list", help="registered datasets, models, heads, methods and add-on terms")
-    p.add_argument("what", nargs="?", choices=["datasets", "models", "heads", "methods", "terms"])
+    p = sub.add_parser("list", help="registered datasets, models, heads, methods, add-on terms and evaluation attacks")
+    p.add_argument("what", nargs="?", choices=["datasets", "models", "heads", "methods", "terms", "attacks"])
     p.add_argument("--markdown", action="store_true", help="methods: the docs/methods.md table")
     p.set_defaults(func=cmd_list)
 
@@ -361,8 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    # What Ctrl-C leaves behind, kept current by the command as it goes: one line, never a traceback.
+    args.command_line = "advrep " + shlex.join(sys.argv[1:] if argv is None else argv)
+    args.on_interrupt = "nothing was written"
     try:
         return args.func(args, extra)
     except AdvrepError as e:
         print(f"advrep: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        note = args.on_interrupt() if callable(args.on_interrupt) else args.on_interrupt
+        print(f"advrep: interrupted; {note}", file=sys.stderr)
+        return 130

@@ -11,19 +11,16 @@ the resolved config is what a run directory stores.
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 
+from . import fileops, methods, readouts
+from .attacks import ATTACKS
+from .coercion import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, build, positive
 from .errors import ConfigError
-from .registry import suggest
-
-THREAT_FIELDS = ("norm", "eps", "step_size", "steps")
 
 # Threat models of METHODS.md, keyed by dataset family: (train attack, evaluation PGD).
 FAMILY_THREAT = {
@@ -37,10 +34,10 @@ class DataConfig:
     dataset: str = "cifar10"
     data_dir: Optional[str] = None  # a local copy (official or npz layout); None = cache + download
     download: bool = True
-    val_size: int = 1000  # held-out training images for best-checkpoint selection (0: best = last)
+    val_size: NonNegativeInt = 1000  # held-out training images for best-checkpoint selection (0: best = last)
     split_seed: int = 0  # fixes which training images form the validation slice
     augment: Optional[Literal["none", "crop", "flip", "crop-flip"]] = None  # auto: dataset's default
-    train_subset: Optional[int] = None  # train on the first N remaining images (quick runs)
+    train_subset: Optional[PositiveInt] = None  # train on the first N remaining images (quick runs)
 
 
 @dataclass
@@ -55,34 +52,35 @@ class ModelConfig:
     # linear head, channel weighting by the true label (training) or the auxiliary prediction
     # (test time); ra_weight is cr, the weight of the auxiliary losses.
     ra: bool = False
-    ra_weight: float = 2.0
+    ra_weight: NonNegativeFloat = 2.0
 
 
 @dataclass
 class ThreatConfig:
     norm: Literal["Linf", "L2"] = "Linf"
-    eps: Optional[float] = None  # auto: 8/255 (CIFAR-like), 0.3 (MNIST-like)
-    step_size: Optional[float] = None  # auto: 2/255, 0.01
-    steps: Optional[int] = None  # auto: 10, 40
+    # auto: 8/255 (CIFAR-like), 0.3 (MNIST-like); Linf eps is in pixel units of [0, 1] images
+    eps: Optional[Annotated[float, positive("the attack's radius in pixel units of [0, 1] images")]] = None
+    step_size: Optional[PositiveFloat] = None  # auto: 2/255, 0.01
+    steps: Optional[PositiveInt] = None  # auto: 10, 40
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 128
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 128
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: PositiveFloat = 0.1
+    momentum: Annotated[float, Range(0, 1, hi_open=True)] = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: NonNegativeFloat = 5e-4
     schedule: Literal["piecewise", "cosine", "cyclic", "constant"] = "piecewise"
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
-    gamma: float = 0.1
-    peak_epoch: float = 0.4  # cyclic: fraction of training at which the lr peaks
-    eps_warmup_epochs: float = 0.0  # ramp the training eps linearly from 0 over these epochs
-    val_every: int = 1
-    val_steps: Optional[int] = None  # PGD steps on the validation slice; auto: threat.steps
-    stop_after: Optional[int] = None  # end this invocation after N epochs (resume later)
+    milestones: list[PositiveFloat] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs (<= 1) or epochs
+    gamma: PositiveFloat = 0.1
+    peak_epoch: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.4  # cyclic: fraction of training at the peak
+    eps_warmup_epochs: NonNegativeFloat = 0.0  # ramp the training eps linearly from 0 over these epochs
+    val_every: PositiveInt = 1
+    val_steps: Optional[PositiveInt] = None  # PGD steps on the validation slice; auto: threat.steps
+    stop_after: Optional[PositiveInt] = None  # end this invocation after N epochs (resume later)
     readouts: list[str] = field(default_factory=list)  # per-epoch read-outs beyond the method's own
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
     channels_last: Literal["auto", "on", "off"] = "auto"
@@ -92,21 +90,21 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    n: Optional[int] = None  # evaluate the first n test images; None = all
-    batch_size: int = 500
+    n: Optional[PositiveInt] = None  # evaluate the first n test images; None = all
+    batch_size: PositiveInt = 500
     # fgsm, pgd, cw (CW-margin PGD), mt (multi-targeted PGD), square (black-box), autoattack,
     # ra-soft (adaptive PGD through reverse attention's selection; added for RA models when pgd runs)
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "cw"])
-    pgd_steps: Optional[int] = None  # auto: 20 (CIFAR-like), 40 (MNIST-like)
-    pgd_step_size: Optional[float] = None  # auto: 2/255, 0.01
-    pgd_restarts: int = 1
-    cw_steps: int = 30
+    pgd_steps: Optional[PositiveInt] = None  # auto: 20 (CIFAR-like), 40 (MNIST-like)
+    pgd_step_size: Optional[PositiveFloat] = None  # auto: 2/255, 0.01
+    pgd_restarts: PositiveInt = 1
+    cw_steps: PositiveInt = 30
     aa_version: Literal["standard", "plus", "rand", "custom"] = "standard"
     aa_attacks: list[str] = field(default_factory=list)  # for aa_version=custom: apgd-ce, apgd-t, ...
-    square_queries: int = 1000
-    eps_sweep: list[float] = field(default_factory=list)  # PGD accuracy at each of these eps
+    square_queries: PositiveInt = 1000
+    eps_sweep: list[PositiveFloat] = field(default_factory=list)  # PGD accuracy at each of these eps
     checks: bool = True  # the gradient-masking checks (advrep.checks)
-    checks_n: int = 200  # on the first checks_n evaluated images
+    checks_n: PositiveInt = 200  # on the first checks_n evaluated images
     surrogate: Optional[str] = None  # standard-trained run/checkpoint for the transfer check; None: train one
     corruptions: Literal["none", "generated", "official"] = "generated"
     corruptions_dir: Optional[str] = None  # CIFAR-10-C / CIFAR-100-C folder, for corruptions=official
@@ -133,106 +131,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# ----------------------------------------------------------------------------- coercion
-
-_FRACTION = re.compile(r"^\s*([-+]?[\d.eE+-]+)\s*/\s*([\d.eE+-]+)\s*$")
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def coerce(value: Any, tp, key: str) -> Any:
-    """Convert a YAML or command-line value to the annotated type, or raise ConfigError."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is Literal:
-        if isinstance(value, bool) and ("on" if value else "off") in args:
-            return "on" if value else "off"  # YAML 1.1 reads on/off (and yes/no) as booleans
-        if value in args:
-            return value
-        raise ConfigError(f"bad value {value!r} for '{key}'{suggest(value, map(str, args))}; "
-                          f"valid values: {', '.join(map(str, args))}")
-    if origin is list or tp is list:
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        item = args[0] if args else Any
-        return [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"bad value {value!r} for '{key}': expected a mapping")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "yes", "on")
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            m = _FRACTION.match(value)
-            try:
-                return float(m.group(1)) / float(m.group(2)) if m else float(value)
-            except (ValueError, ZeroDivisionError):
-                pass
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise ConfigError(f"bad value {value!r} for '{key}': expected {_type_name(tp)}")
-
-
-def build(cls, values: dict, where: str, defaults=None):
-    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys and bad values.
-
-    ``defaults`` (an instance) supplies the fields not in ``values``.
-    """
-    if not isinstance(values, dict):
-        raise ConfigError(f"'{where}' must be a mapping of keys to values, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    for key in values:
-        if key not in hints:
-            raise ConfigError(f"unknown config key '{_join(where, key)}'{suggest(key, names)}; "
-                              f"valid keys{' in ' + repr(where) if where else ''}: {', '.join(names)}")
-    kwargs = {}
-    for f in fields(cls):
-        if f.name in values:
-            kwargs[f.name] = coerce(values[f.name], hints[f.name], _join(where, f.name))
-        elif defaults is not None:
-            kwargs[f.name] = getattr(defaults, f.name)
-    return cls(**kwargs)
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
 # ------------------------------------------------------------------ loading and overrides
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "threat": ThreatConfig,
@@ -246,9 +144,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}' must look like --section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        value = raw
+        value = load_yaml_text(raw, f"--{key}") if raw != "" else None
+    except ConfigError:
+        value = raw  # not YAML: the text itself (coercion then says what the key expects)
     return key.split("."), value
 
 
@@ -264,12 +162,48 @@ def set_path(tree: dict, path: list[str], value: Any) -> None:
         path = ["method", "name"]  # --method=trades is shorthand for --method.name=trades
     if isinstance(tree.get("method"), str):
         tree["method"] = {"name": tree["method"]}
-    node = tree
+    node, where = tree, []
     for part in path[:-1]:
-        if not isinstance(node.get(part), dict):
+        where.append(part)
+        if part not in node:
             node[part] = {}
+        elif not isinstance(node[part], dict):
+            raise ConfigError(f"'{'.'.join(where)}' is {node[part]!r}, not a section, so "
+                              f"--{'.'.join(path)} cannot be set; make '{'.'.join(where)}' a mapping")
         node = node[part]
     node[path[-1]] = value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as configs need it: no duplicate keys (a second ``data:`` section would silently
+    replace the first) and no aliases (``&a``/``*a``, which can expand exponentially)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"YAML aliases (*name) are not allowed in advrep configs (line {mark.line + 1}); "
+                              "write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                  "keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, where: str):
+    """Parse ``text`` with the strict loader (``where`` names it in errors)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -277,9 +211,10 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass an existing YAML recipe (see configs/)")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path} ({e})") from None
+    tree = load_yaml_text(text, str(path)) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections, not {type(tree).__name__}")
     return tree
@@ -287,8 +222,6 @@ def read_yaml(path: str | Path) -> dict:
 
 def from_dict(tree: dict) -> Config:
     """Build and validate a Config from a (possibly partial) nested mapping."""
-    from . import methods, readouts  # late imports: both import this module
-
     base = Config()
     tree = dict(tree)
     sections = {}
@@ -302,10 +235,33 @@ def from_dict(tree: dict) -> Config:
     for name in (*sections["train"].readouts, *sections["eval"].readouts):
         readouts.READOUTS.get(name)
     method, terms = methods.validate_section({**base.method, **method}, tree.pop("terms", None) or {})
-    methods.create(method["name"], terms=terms, **{k: v for k, v in method.items() if k != "name"}
-                   ).check_model(sections["model"])  # a head the method needs: fail at start-up
+    built = create_method(method, terms)
+    model = sections["model"]
+    built.check_model(model)  # a head, head option or RA the method cannot take: fail at start-up
+    sections["model"] = dataclasses.replace(model, head_args={**built.head_args(), **model.head_args})
     top = build(Config, tree, "")
-    return dataclasses.replace(top, method=method, terms=terms, **sections)
+    return validate(dataclasses.replace(top, method=method, terms=terms, **sections))
+
+
+def validate(cfg: Config) -> Config:
+    """The checks across fields, over a config whose values each passed their own (type and
+    range): a Linf radius fits the [0, 1] pixel range, and every evaluation attack is known and
+    can attack with its settings. Fields still "auto" are checked once :func:`resolve` fills
+    them. Returns ``cfg``; raises one ConfigError naming the key."""
+    t = cfg.threat
+    if t.norm == "Linf":
+        for key, eps in [("threat.eps", t.eps), *((f"eval.eps_sweep[{i}]", e) for i, e in enumerate(cfg.eval.eps_sweep))]:
+            if eps is not None and eps > 1:
+                raise ConfigError(f"bad value {eps!r} for '{key}': a Linf radius is in pixel units of [0, 1] "
+                                  "images, at most 1 (write 8/255, not 8)")
+    for name in cfg.eval.attacks:
+        ATTACKS.get(name).check(t, cfg.eval)  # a misspelt or unusable attack fails now, not after training
+    return cfg
+
+
+def create_method(method: dict, terms: dict) -> methods.Method:
+    """The method a config's ``method`` and ``terms`` sections describe."""
+    return methods.create(method["name"], terms=terms, **{k: v for k, v in method.items() if k != "name"})
 
 
 def load(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
@@ -319,8 +275,9 @@ def load(path: str | Path | None = None, overrides: list[str] = (), base: dict |
     return from_dict(tree)
 
 
-def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save(cfg: Config, path: str | Path, header: str = "") -> None:
+    """Write ``cfg`` as YAML (atomically), after the comment line ``header`` if one is given."""
+    fileops.write_text(Path(path), (f"# {header}\n" if header else "") + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ------------------------------------------------------------------ dataset-dependent autos
@@ -331,8 +288,14 @@ def run_name(cfg: Config) -> str:
     return cfg.name or "-".join([cfg.method["name"], cfg.data.dataset, cfg.model.arch])
 
 
+def _absolute(path: str | None) -> str | None:
+    """Paths are stored absolute, so ``--resume`` and ``advrep eval`` work from any folder."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
 def resolve(cfg: Config, info) -> Config:
-    """Fill the "auto" (None) fields from the dataset's :class:`~advrep.data.DatasetInfo`."""
+    """Fill the "auto" (None) fields from the dataset's :class:`~advrep.data.DatasetInfo`, and
+    make the paths absolute."""
     fam = FAMILY_THREAT[info.family]
     threat = cfg.threat
     if threat.norm == "L2" and None in (threat.eps, threat.step_size):
@@ -355,12 +318,12 @@ def resolve(cfg: Config, info) -> Config:
         pgd_steps=fam["eval_steps"] if cfg.eval.pgd_steps is None else cfg.eval.pgd_steps,
         pgd_step_size=eval_step,
     )
-    data = dataclasses.replace(cfg.data, augment=cfg.data.augment or info.augment)
-    from . import methods
-
+    data = dataclasses.replace(cfg.data, augment=cfg.data.augment or info.augment, data_dir=_absolute(cfg.data.data_dir))
+    ev = dataclasses.replace(ev, corruptions_dir=_absolute(ev.corruptions_dir), surrogate=_absolute(ev.surrogate))
     model = dataclasses.replace(cfg.model, normalization=cfg.model.normalization
                                 or ("dataset" if info.family == "cifar" else "none"),
                                 head=cfg.model.head or methods.head_of(cfg.method["name"]) or "linear")
     train = dataclasses.replace(
         cfg.train, val_steps=threat.steps if cfg.train.val_steps is None else cfg.train.val_steps)
-    return dataclasses.replace(cfg, name=run_name(cfg), threat=threat, eval=ev, data=data, model=model, train=train)
+    return validate(dataclasses.replace(cfg, name=run_name(cfg), threat=threat, eval=ev, data=data, model=model,
+                                        train=train))

@@ -55,7 +55,11 @@ class Splits:
 def cache_dir() -> Path:
     """``$ADVREP_DATA`` or ``~/.cache/advrep``; each dataset lives in ``cache_dir()/<name>``."""
     env = os.environ.get("ADVREP_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "advrep"
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "advrep"
+    if path.exists() and not path.is_dir():
+        raise DataError(f"the data cache {path} is a file, not a folder; "
+                        + ("point ADVREP_DATA at a folder" if env else "set ADVREP_DATA to a folder"))
+    return path
 
 
 # ------------------------------------------------------------------- where files are
@@ -288,16 +292,48 @@ def load(name: str, data_dir: str | Path | None = None, download: bool = True,
                         f"the {name} files, or leave it out to use the download cache")
     npz = _npz_files(folder)
     if npz:
-        return _load_npz(spec, *npz)
+        return _checked(_load_npz(spec, *npz), npz[1].parent, inferred=spec.info is None)
     place = _Place(name, folder, cached, download, progress)
     if spec.read_official and (place.may_download or any((folder / m).exists() for m in spec.markers)):
-        x_train, y_train, x_test, y_test, where = spec.read_official(place)
+        try:
+            x_train, y_train, x_test, y_test, where = spec.read_official(place)
+        except OSError as e:  # not a corrupt file (those are DataErrors): the cache cannot be written
+            raise DataError(f"cannot write to the data cache {folder} ({e.strerror or e}); set ADVREP_DATA to a "
+                            "writable folder or pass --data-dir") from None
         for x, y in ((x_train, y_train), (x_test, y_test)):
             _fit(spec.info, x.shape[1:], y, where)
-        return Splits(spec.info, torch.from_numpy(x_train), torch.from_numpy(y_train),
-                      torch.from_numpy(x_test), torch.from_numpy(y_test), f"{where} (official)")
+        return _checked(Splits(spec.info, torch.from_numpy(x_train), torch.from_numpy(y_train),
+                               torch.from_numpy(x_test), torch.from_numpy(y_test), f"{where} (official)"), where)
     fix = place.hint if spec.read_official else "pass --data-dir to a folder that holds them"
     raise DataError(f"no {name} data in {folder}: expected {spec.expected}; {fix}")
+
+
+def _checked(splits: Splits, where: Path, inferred: bool = False) -> Splits:
+    """The splits, once their counts and labels agree with each other and with the dataset
+    (``inferred``: the class count was read from the training labels, so a test label must be
+    one of them)."""
+    for split, x, y in (("training", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)):
+        if len(x) == 0:
+            raise DataError(f"the {split} split in {where} holds no images; pass a folder with the whole dataset")
+        if len(x) != len(y):
+            raise DataError(f"the {split} split in {where} has {len(x)} images but {len(y)} labels")
+    k = splits.info.num_classes
+    seen_train = set(torch.unique(splits.y_train).tolist())
+    if len(seen_train) < 2:
+        raise DataError(f"the training split in {where} has only label {min(seen_train)}; a classifier needs "
+                        "images of at least two classes")
+    if min(seen_train) < 0 or max(seen_train) >= k:
+        bad = max(seen_train) if max(seen_train) >= k else min(seen_train)
+        raise DataError(f"the training split in {where} has label {bad}, outside the {k} classes 0..{k - 1} "
+                        f"of {splits.info.name}")
+    unseen = sorted(set(torch.unique(splits.y_test).tolist()) - (seen_train if inferred else set(range(k))))
+    if unseen and not inferred:
+        raise DataError(f"the test split in {where} has label {unseen[0]}, outside the {k} classes 0..{k - 1} "
+                        f"of {splits.info.name}")
+    if unseen:
+        raise DataError(f"the test split in {where} has label {unseen[0]}, which no training image has; the "
+                        "training labels decide the classes (pass matching train and test files)")
+    return splits
 
 
 def _natural(path: Path) -> list:
@@ -369,6 +405,6 @@ def _infer(x: np.ndarray, y_train: np.ndarray, y_test: np.ndarray) -> DatasetInf
     n = max(x.size // c, 1)
     mean = total / n / 255
     std = np.sqrt(np.maximum(squares / n / 255**2 - mean**2, 0))
-    return DatasetInfo("npz", int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1, c,
+    return DatasetInfo("npz", int(y_train.max(initial=0)) + 1, c,
                        x.shape[1], tuple(map(float, mean)), tuple(map(float, std)),
                        "mnist" if c == 1 else "cifar", "crop-flip" if c == 3 else "none")
