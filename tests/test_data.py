@@ -463,6 +463,21 @@ def test_network_failure_names_the_url(tmp_path, monkeypatch):
         data.load("svhn", download=False)
 
 
+def test_a_mirror_replaces_the_urls_but_not_the_md5s(server, monkeypatch):
+    """ADVREP_MIRROR: files come from <mirror>/<dataset>/<name> and only from there, and are
+    still checked against the official md5s (the tiny files served here cannot match them)."""
+    write_idx(server.root / "mnist", gz=True)
+    monkeypatch.setenv("ADVREP_MIRROR", server.url)
+    entry = dl.remote("mnist", IDX[0] + ".gz")
+    assert entry.urls == (f"{server.url}mnist/{IDX[0]}.gz",) and entry.md5 == "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+    assert dl.remote("cifar10", "data_batch_1").urls == ()  # an archive member is never fetched
+    dest = server.cache / "mnist" / (IDX[0] + ".gz")
+    with pytest.raises(DataError, match=f"could not download {dest}: {server.url}mnist/{IDX[0]}.gz gave md5 "
+                                        f"{md5(server.root / 'mnist' / (IDX[0] + '.gz'))}, expected f68b3c2d"):
+        data.load("mnist", progress=False)
+    assert server.hits == [f"mnist/{IDX[0]}.gz"] and not list(dest.parent.iterdir())
+
+
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ADVREP_DATA", str(tmp_path))
     assert data.cache_dir() == tmp_path
