@@ -205,7 +205,7 @@ def reference_adr(h, h_adv, f, f_adv, y):
     return lc + gc + smt + ent
 
 
-@pytest.mark.parametrize("base", ["pgd-at", "trades", "mart", "alp"])
+@pytest.mark.parametrize("base", methods.bases())
 def test_clean_cross_entropy_auto_rule(base):
     expected = base in ("pgd-at", "mart")  # the bases whose loss has no CE(f, y)
     assert methods.create(f"{base}+adr").terms[0].adds_clean_ce is expected

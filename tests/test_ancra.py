@@ -376,7 +376,7 @@ def selections(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("name", ["trades+anc", "pgd-at+anc", "mart+anc"])
+@pytest.mark.parametrize("name", [f"{base}+anc" for base in methods.bases()])
 @pytest.mark.parametrize("attack_bn", ["eval", "train"])
 def test_training_attacks_never_see_the_true_label(selections, name, attack_bn):
     model = small_model(ra_on=True).train()
