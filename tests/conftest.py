@@ -11,13 +11,19 @@ cache as it was when the session started (``$ADVREP_DATA`` or ``~/.cache/advrep`
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# OpenMP's idle threads sleep instead of spinning: on 2 cores shared with other work, spinning
+# made the tests 4 (real-data training) to 10 times (tiny tensors) slower. Read when torch
+# loads, so it is set before the first import of torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from advrep import data
-from advrep.cli import main
-from advrep.errors import DataError
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from advrep import data  # noqa: E402
+from advrep.cli import main  # noqa: E402
+from advrep.errors import DataError  # noqa: E402
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ADVREP_SHARED_DATA", ROOT.parent / "shared" / "data"))
