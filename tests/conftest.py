@@ -24,12 +24,23 @@ from advrep import data  # noqa: E402
 from advrep.cli import main  # noqa: E402
 from advrep.errors import DataError  # noqa: E402
 
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ADVREP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 USER_CACHE = data.cache_dir()  # read before _private_data_cache points ADVREP_DATA at a session folder
+# Seconds for a test that neither reads real data nor is marked slow; the others have the
+# `timeout` of pyproject's [tool.pytest.ini_options], which covers a first download too.
+FAST_TIMEOUT = 120
 
 torch.set_num_threads(min(4, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("timeout"):  # pytest-timeout: the `test` extra
+        return
+    for item in items:
+        if not any(item.iter_markers("slow")) and not any(item.iter_markers("timeout")) \
+                and "shared" not in item.fixturenames:
+            item.add_marker(pytest.mark.timeout(FAST_TIMEOUT))
 
 
 _downloaded: dict[str, Path | str] = {}
@@ -101,7 +112,8 @@ def train(*args) -> int:
 @pytest.fixture(scope="session")
 def mnist_runs(tmp_path_factory, shared):
     """Run directories of small-cnn trained on real MNIST with `standard` and `pgd-at`,
-    same budget, evaluated with PGD-20 on 1,000 test images; trained once per session."""
+    same budget, evaluated with PGD-20 on 1,000 test images; trained once per session (minutes:
+    the tests that use it are marked slow)."""
     root = tmp_path_factory.mktemp("mnist-runs")
     runs = {}
     for method in ("standard", "pgd-at"):

@@ -321,6 +321,7 @@ def test_stage_divergence_attacks_on_first_use_and_is_zero_without_perturbation(
     assert all(v == 0.0 for v in out.values()), "eps 0: the adversarial images are the clean ones"
 
 
+@pytest.mark.slow
 def test_an_adr_run_logs_the_readout_every_epoch(tmp_path, shared):
     run = tmp_path / "run"
     args = ["train", "--quiet", "--config", QUICKSTART, "--data-dir", str(shared("mnist")),

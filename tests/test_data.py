@@ -500,6 +500,7 @@ def test_real_mnist(shared):
     assert abs(s.x_train.float().mean().item() / 255 - 0.1307) < 1e-4
 
 
+@pytest.mark.slow
 def test_real_cifar10(shared):
     folder = shared("cifar10")
     s = data.load("cifar10", folder)
