@@ -1,6 +1,9 @@
 # The two set-up commands of the README:
 #   make demo [DATA_DIR=path]   environment + install + train and evaluate a robust MNIST model
-#   make test                   environment + install + the test suite
+#   make test                   environment + install + the test suite, slow tests included (what CI runs)
+# and, while working:
+#   make test-fast              the same without the tests marked slow (real-data training),
+#                               about 1 min on 2 CPU cores (68 s and 74 s, measured with the cores busy)
 # The environment is .venv; torch is pinned by constraints.txt (the version CI tests).
 # Use another torch with CONSTRAINTS=your-file, or install advrep into your own environment.
 
@@ -11,7 +14,7 @@ DATA_DIR ?=
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +31,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

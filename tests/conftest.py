@@ -1,25 +1,94 @@
-"""Shared fixtures: the real datasets, and small real-data models trained once per session."""
+"""Shared fixtures: the real datasets, and small real-data models trained once per session.
+
+The real datasets are read from the shared data folder beside the repository
+(``$ADVREP_SHARED_DATA``, default ``../shared/data``), in the npz layout of its README. Where a
+dataset's folder is missing (a fresh machine), its official files are downloaded once with
+advrep's own checksummed downloader (``$ADVREP_MIRROR`` for another source) into the data
+cache as it was when the session started (``$ADVREP_DATA`` or ``~/.cache/advrep``, where
+``advrep train`` would put them too) and written beside them in the same npz layout.
+"""
 
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# OpenMP's idle threads sleep instead of spinning: on 2 cores shared with other work, spinning
+# made the tests 4 (real-data training) to 10 times (tiny tensors) slower. Read when torch
+# loads, so it is set before the first import of torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from advrep.cli import main
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from advrep import data  # noqa: E402
+from advrep.cli import main  # noqa: E402
+from advrep.errors import DataError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ADVREP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+USER_CACHE = data.cache_dir()  # read before _private_data_cache points ADVREP_DATA at a session folder
+# Seconds for a test that neither reads real data nor is marked slow; the others have the
+# `timeout` of pyproject's [tool.pytest.ini_options], which covers a first download too.
+FAST_TIMEOUT = 120
 
 torch.set_num_threads(min(4, os.cpu_count() or 1))
 
 
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("timeout"):  # pytest-timeout: the `test` extra
+        return
+    for item in items:
+        if not any(item.iter_markers("slow")) and not any(item.iter_markers("timeout")) \
+                and "shared" not in item.fixturenames:
+            item.add_marker(pytest.mark.timeout(FAST_TIMEOUT))
+
+
+_downloaded: dict[str, Path | str] = {}
+
+
 def shared_folder(name: str) -> Path:
-    """The real dataset ``name`` (npz layout) beside the repository; a missing copy fails loudly."""
+    """The real dataset ``name`` in the npz layout: the shared copy, else one made from the
+    official files (downloaded once); with neither, the test fails with one line saying why."""
     folder = SHARED / name
-    if not folder.is_dir():
-        pytest.fail(f"shared data folder {folder} is missing: set ADVREP_SHARED_DATA to the folder "
-                    "that holds cifar10/ and mnist/ (see shared/data/README.md)")
+    if folder.is_dir():
+        return folder
+    if name not in _downloaded:
+        _downloaded[name] = _download(name)
+    if isinstance(_downloaded[name], str):
+        pytest.fail(_downloaded[name], pytrace=False)
+    return _downloaded[name]
+
+
+# The shared folder keeps CIFAR-10's train split as its five official batches (train-1 ... train-5).
+TRAIN_FILES = {"cifar10": 5}
+
+
+def _download(name: str) -> Path | str:
+    """``USER_CACHE/shared/<name>`` in the shared folder's layout, written once from the official
+    files that advrep's downloader fetched and checked; or the one-line reason it cannot be."""
+    folder = USER_CACHE / "shared" / name
+    if folder.is_dir():
+        return folder
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("ADVREP_DATA", str(USER_CACHE))
+            splits = data.load(name, progress=False)
+    except DataError as e:
+        return (f"{SHARED / name} is missing and {name} could not be downloaded; put the {name} folder "
+                f"(npz layout, see shared/data/README.md) in {SHARED}, or set ADVREP_SHARED_DATA to the "
+                f"folder that holds {name}/ ({e})")
+    part = folder.with_name(name + ".part")
+    part.mkdir(parents=True, exist_ok=True)
+
+    def save(file: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.permute(0, 2, 3, 1)  # NHWC, and NHW for one channel, as the shared files are
+        np.savez_compressed(part / file, x=(x[..., 0] if x.shape[-1] == 1 else x).numpy(), y=y.numpy())
+
+    chunks = TRAIN_FILES.get(name, 1)
+    for i, (x, y) in enumerate(zip(splits.x_train.chunk(chunks), splits.y_train.chunk(chunks)), 1):
+        save(f"train-{i}.npz" if chunks > 1 else "train.npz", x, y)
+    save("test.npz", splits.x_test, splits.y_test)
+    part.rename(folder)  # complete or absent: an interrupted session leaves only the .part folder
     return folder
 
 
@@ -43,7 +112,8 @@ def train(*args) -> int:
 @pytest.fixture(scope="session")
 def mnist_runs(tmp_path_factory, shared):
     """Run directories of small-cnn trained on real MNIST with `standard` and `pgd-at`,
-    same budget, evaluated with PGD-20 on 1,000 test images; trained once per session."""
+    same budget, evaluated with PGD-20 on 1,000 test images; trained once per session (minutes:
+    the tests that use it are marked slow)."""
     root = tmp_path_factory.mktemp("mnist-runs")
     runs = {}
     for method in ("standard", "pgd-at"):
@@ -75,5 +145,6 @@ def tiny_command(data: Path, out: Path, *extra) -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_data_cache(tmp_path_factory):
-    """Downloads and cached surrogates go to a session folder, never the user's cache."""
+    """Downloads and cached surrogates of the tests go to a session folder, never the user's
+    cache (only the real datasets a machine lacks are fetched into it, by shared_folder)."""
     os.environ["ADVREP_DATA"] = str(tmp_path_factory.mktemp("advrep-cache"))

@@ -270,6 +270,7 @@ def test_concentration_readout_on_a_probe(monkeypatch):
         assert out[f"{side}_n90"] == pytest.approx(counts(images, 0.9))
 
 
+@pytest.mark.slow
 def test_aalp_trains_on_real_mnist_and_reports_the_concentration(tmp_path, shared):
     run = tmp_path / "run"
     quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart-mnist.yaml"

@@ -206,7 +206,7 @@ def reference_adr(h, h_adv, f, f_adv, y):
     return lc + gc + smt + ent
 
 
-@pytest.mark.parametrize("base", ["pgd-at", "trades", "mart", "alp"])
+@pytest.mark.parametrize("base", methods.bases())
 def test_clean_cross_entropy_auto_rule(base):
     expected = base in ("pgd-at", "mart")  # the bases whose loss has no CE(f, y)
     assert methods.create(f"{base}+adr").terms[0].adds_clean_ce is expected
@@ -322,6 +322,7 @@ def test_stage_divergence_attacks_on_first_use_and_is_zero_without_perturbation(
     assert all(v == 0.0 for v in out.values()), "eps 0: the adversarial images are the clean ones"
 
 
+@pytest.mark.slow
 def test_an_adr_run_logs_the_readout_every_epoch(tmp_path, shared):
     run = tmp_path / "run"
     args = ["train", "--quiet", "--config", QUICKSTART, "--data-dir", str(shared("mnist")),

@@ -272,6 +272,7 @@ def test_recipes(method, setting):
         assert cfg.train.lr == 0.01 and cfg.threat.step_size == pytest.approx(1 / 255)
 
 
+@pytest.mark.slow
 def test_a_run_logs_the_geometry_and_keeps_alpha(tmp_path, shared):
     run = tmp_path / "run"
     assert main(["train", "--quiet", "--config", str(ROOT / "configs" / "adv-dpnp-mnist-small-cnn.yaml"),
@@ -288,6 +289,7 @@ def test_a_run_logs_the_geometry_and_keeps_alpha(tmp_path, shared):
     assert torch.allclose(model.head.prototypes().norm(dim=1), torch.full((10,), 2.5), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_records_the_heads_resolved_alpha(tmp_path, shared):
     """A run that leaves alpha at its default stores the value in the checkpoint, so the model
     reloads with the alpha it was trained with even if the default changes later."""

@@ -238,6 +238,7 @@ def _is_png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_analyze_writes_the_numbers_and_the_pictures(compared):
     runs, _ = compared
     a = _analysis(runs["pgd-at"])
@@ -251,6 +252,7 @@ def test_analyze_writes_the_numbers_and_the_pictures(compared):
     assert all(_is_png(runs["pgd-at"] / "analysis" / f) for f in a["figures"])
 
 
+@pytest.mark.slow
 def test_adversarial_training_keeps_features_together_and_classes_apart(compared):
     runs, _ = compared
     std, adv = _analysis(runs["standard"]), _analysis(runs["pgd-at"])
@@ -260,12 +262,14 @@ def test_adversarial_training_keeps_features_together_and_classes_apart(compared
     assert adv["geometry"]["adv"]["fisher_mean"] > std["geometry"]["adv"]["fisher_mean"]
 
 
+@pytest.mark.slow
 def test_analyze_refuses_an_unknown_readout(compared, capsys):
     runs, _ = compared
     assert main(["analyze", str(runs["pgd-at"]), "--n", "10", "--readouts=[no_such]", "--quiet"]) == 2
     assert "no_such" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_writes_the_table_from_the_reports(compared):
     runs, out = compared
     md = (out / "compare.md").read_text()
@@ -287,6 +291,7 @@ def test_compare_writes_the_table_from_the_reports(compared):
     assert all(_is_png(out / f) for f in facts["figures"]) and len(facts["figures"]) == 5
 
 
+@pytest.mark.slow
 def test_compare_html_is_self_contained(compared):
     _, out = compared
     page = (out / "compare.html").read_text()
@@ -312,6 +317,7 @@ def _chromium(profile: Path):
 IMAGES = "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])"
 
 
+@pytest.mark.slow
 def test_compare_html_opens_in_headless_chromium_with_every_image(compared, tmp_path):
     _, out = compared
     bad = tmp_path / "bad.html"  # the control: the checks below do see a console error and a broken image

@@ -377,7 +377,7 @@ def selections(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("name", ["trades+anc", "pgd-at+anc", "mart+anc"])
+@pytest.mark.parametrize("name", [f"{base}+anc" for base in methods.bases()])
 @pytest.mark.parametrize("attack_bn", ["eval", "train"])
 def test_training_attacks_never_see_the_true_label(selections, name, attack_bn):
     model = small_model(ra_on=True).train()
@@ -395,6 +395,7 @@ def test_training_attacks_never_see_the_true_label(selections, name, attack_bn):
     assert any(s["labels"] for s in training), "the training passes weight by the true labels"
 
 
+@pytest.mark.slow
 def test_evaluation_never_sees_the_true_label(selections):
     model = small_model(ra_on=True).eval()
     x, y = (torch.rand(12, 1, 28, 28) * 255).to(torch.uint8), torch.randint(0, 10, (12,))
@@ -490,6 +491,7 @@ FEW = ["--data.train_subset=384", "--data.val_size=64", "--train.epochs=3", "--t
        "--eval.corruptions=none"]
 
 
+@pytest.mark.slow
 def test_an_ra_run_trains_and_its_checkpoint_reloads_with_ra(tmp_path, shared):
     run = tmp_path / "run"
     assert train("--data-dir", shared("mnist"), "--out", run, "--method=trades+anc", "--model.ra=true",
@@ -509,6 +511,7 @@ def test_an_ra_run_trains_and_its_checkpoint_reloads_with_ra(tmp_path, shared):
     assert report["method"] == "trades+anc"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_the_ra_key_loads_without_ra(tmp_path, shared):
     run = tmp_path / "run"
     assert train("--data-dir", shared("mnist"), "--out", run, "--method=pgd-at", "--train.epochs=1",

@@ -12,6 +12,7 @@ from advrep.threat import Threat
 
 
 @pytest.mark.parametrize("method", ["pgd-at", "trades"])
+@pytest.mark.slow
 def test_bench_reports_both_ways_and_their_ratio(method):
     s = bench.Setup(method=method, arch="small-cnn", dataset="mnist", batch_size=16, device=torch.device("cpu"),
                     images=32, amp=False, channels_last=False)
@@ -37,6 +38,7 @@ def test_plain_pgd_is_the_same_attack_as_advreps():
     assert (fast - plain).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_bench_command_prints_json(capsys):
     assert main(["bench", "--method", "fgsm-rs", "--arch", "small-cnn", "--dataset", "mnist", "--batch-size", "8",
                  "--images", "16", "--calls", "1", "--device", "cpu", "--json"]) == 0
@@ -44,6 +46,7 @@ def test_bench_command_prints_json(capsys):
     assert r["device"] == "cpu" and r["amp_bf16"] is False and set(r["epoch"]) == {"advrep_img_s", "plain_img_s", "ratio"}
 
 
+@pytest.mark.slow
 def test_bench_compiles_advreps_side_only(monkeypatch):
     """--compile: advrep's copy of the model is compiled (graphs captured), the plain way's is not,
     and the report says which mode ran."""

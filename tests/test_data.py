@@ -7,11 +7,14 @@ import gzip
 import hashlib
 import http.server
 import io
+import json
 import os
 import pickle
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 import warnings
@@ -84,8 +87,9 @@ def idx_bytes(a: np.ndarray) -> bytes:
     return bytes([0, 0, 8, a.ndim]) + b"".join(d.to_bytes(4, "big") for d in a.shape) + a.tobytes()
 
 
-def write_idx(folder: Path, gz: bool) -> dict[str, np.ndarray]:
-    arrays = dict(zip(IDX, (rand((20, 28, 28)), rand((20,), 10), rand((10, 28, 28)), rand((10,), 10))))
+def write_idx(folder: Path, gz: bool, n_train: int = 20, n_test: int = 10) -> dict[str, np.ndarray]:
+    arrays = dict(zip(IDX, (rand((n_train, 28, 28)), rand((n_train,), 10), rand((n_test, 28, 28)),
+                            rand((n_test,), 10))))
     folder.mkdir(parents=True, exist_ok=True)
     for stem, a in arrays.items():
         raw = idx_bytes(a)
@@ -464,6 +468,21 @@ def test_network_failure_names_the_url(tmp_path, monkeypatch):
         data.load("svhn", download=False)
 
 
+def test_a_mirror_replaces_the_urls_but_not_the_md5s(server, monkeypatch):
+    """ADVREP_MIRROR: files come from <mirror>/<dataset>/<name> and only from there, and are
+    still checked against the official md5s (the tiny files served here cannot match them)."""
+    write_idx(server.root / "mnist", gz=True)
+    monkeypatch.setenv("ADVREP_MIRROR", server.url)
+    entry = dl.remote("mnist", IDX[0] + ".gz")
+    assert entry.urls == (f"{server.url}mnist/{IDX[0]}.gz",) and entry.md5 == "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+    assert dl.remote("cifar10", "data_batch_1").urls == ()  # an archive member is never fetched
+    dest = server.cache / "mnist" / (IDX[0] + ".gz")
+    with pytest.raises(DataError, match=f"could not download {dest}: {server.url}mnist/{IDX[0]}.gz gave md5 "
+                                        f"{md5(server.root / 'mnist' / (IDX[0] + '.gz'))}, expected f68b3c2d"):
+        data.load("mnist", progress=False)
+    assert server.hits == [f"mnist/{IDX[0]}.gz"] and not list(dest.parent.iterdir())
+
+
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ADVREP_DATA", str(tmp_path))
     assert data.cache_dir() == tmp_path
@@ -482,6 +501,7 @@ def test_real_mnist(shared):
     assert abs(s.x_train.float().mean().item() / 255 - 0.1307) < 1e-4
 
 
+@pytest.mark.slow
 def test_real_cifar10(shared):
     folder = shared("cifar10")
     s = data.load("cifar10", folder)
@@ -491,3 +511,83 @@ def test_real_cifar10(shared):
         assert np.array_equal(s.x_train[-1].numpy(), f["x"][-1].transpose(2, 0, 1))
     mean = s.x_train[:5000].double().mean((0, 2, 3)) / 255
     assert np.allclose(mean.numpy(), s.info.mean, atol=0.01)
+
+
+# ------------------------------------------------------------------- a fresh machine
+
+# Tests of the suite that read real MNIST through the `shared` fixture and pass on a few
+# hundred images (TINY trains on 256 and validates on 64).
+FRESH_TESTS = ["tests/test_train.py::test_truncated_data_file_is_named",
+               "tests/test_train.py::test_existing_run_directory_is_not_overwritten"]
+# The subprocess's pytest, with the md5 table's MNIST entries set to those of the files this
+# test serves: the same in-process override the download tests above make with monkeypatch.
+# advrep itself has no way to change a checksum; the mirror only changes where bytes come from.
+RUN_WITH_MD5S = """import dataclasses, json, sys, pytest
+from advrep.data import download as dl
+for name, md5 in json.loads(sys.argv[1]).items():
+    dl.OFFICIAL["mnist"][name] = dataclasses.replace(dl.OFFICIAL["mnist"][name], md5=md5)
+sys.exit(pytest.main(sys.argv[2:]))
+"""
+
+
+def fresh_machine(tmp_path: Path, mirror: str, md5s: dict[str, str]) -> subprocess.CompletedProcess:
+    """FRESH_TESTS in a pytest subprocess on a machine without the shared data folder, with an
+    empty data cache and the downloader pointed at ``mirror``."""
+    env = {**os.environ, "ADVREP_SHARED_DATA": str(tmp_path / "no-shared-data"),
+           "ADVREP_DATA": str(tmp_path / "fresh-cache"), "ADVREP_MIRROR": mirror}
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-c", RUN_WITH_MD5S, json.dumps(md5s), "-q", "-p", "no:cacheprovider",
+                           *FRESH_TESTS], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_fresh_machine_downloads_mnist_through_the_mirror_and_passes(server, tmp_path):
+    arrays = write_idx(server.root / "mnist", gz=True, n_train=400, n_test=100)
+    names = [stem + ".gz" for stem in IDX]
+    md5s = {n: md5(server.root / "mnist" / n) for n in names}
+    run = fresh_machine(tmp_path, server.url, md5s)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{len(FRESH_TESTS)} passed" in run.stdout
+    assert sorted(server.hits) == sorted(f"mnist/{n}" for n in names), "each file once, from the mirror"
+    cache = tmp_path / "fresh-cache"
+    assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted(names)
+    with np.load(cache / "shared" / "mnist" / "train.npz") as f:  # the shared folder's layout
+        assert np.array_equal(f["x"], arrays[IDX[0]]) and np.array_equal(f["y"], arrays[IDX[1]])
+    with np.load(cache / "shared" / "mnist" / "test.npz") as f:
+        assert np.array_equal(f["x"], arrays[IDX[2]]) and f["y"].dtype == np.int64
+
+
+def test_a_fresh_machine_without_a_download_fails_with_one_line(tmp_path):
+    url = dead_url()
+    run = fresh_machine(tmp_path, url, {})
+    assert run.returncode == 1 and f"{len(FRESH_TESTS)} failed" in run.stdout
+    missing = tmp_path / "no-shared-data" / "mnist"
+    line = next((line for line in run.stdout.splitlines() if f"{missing} is missing" in line), run.stdout)
+    assert ("mnist could not be downloaded; put the mnist folder (npz layout, see shared/data/README.md) in "
+            f"{missing.parent}, or set ADVREP_SHARED_DATA to the folder that holds mnist/") in line
+    assert f"{url}mnist/{IDX[0]}.gz failed" in line
+    assert not (tmp_path / "fresh-cache" / "shared").exists()
+
+
+def test_a_missing_shared_cifar10_is_made_from_the_download_in_the_shared_layout(server, monkeypatch, tmp_path):
+    """The shared folder's CIFAR-10 layout: train-1 ... train-5 (the official batches) + test.npz."""
+    import conftest
+
+    rows = write_cifar(server.root)
+    members = {p.name: md5(p) for p in (server.root / "cifar-10-batches-py").iterdir()}
+    tar_up(server.root, "cifar-10-batches-py", "cifar-10-python.tar.gz")
+    table = serve(monkeypatch, server, "cifar10", ["cifar-10-python.tar.gz"])
+    table.update({n: dl.Remote(n, m, archive="cifar-10-python.tar.gz") for n, m in members.items()})
+    monkeypatch.setattr(conftest, "SHARED", tmp_path / "no-shared-data")
+    monkeypatch.setattr(conftest, "USER_CACHE", server.cache)
+    monkeypatch.setattr(conftest, "_downloaded", {})
+    folder = conftest.shared_folder("cifar10")
+    assert folder == server.cache / "shared" / "cifar10"
+    assert sorted(p.name for p in folder.iterdir()) == ["test.npz", *(f"train-{i}.npz" for i in range(1, 6))]
+    with np.load(folder / "train-2.npz") as f:  # data_batch_2, HWC
+        assert f["x"].shape == (4, 32, 32, 3) and np.array_equal(f["x"].transpose(0, 3, 1, 2).reshape(4, -1),
+                                                                 rows["train"][4:8])
+    s = data.load("cifar10", folder)
+    assert np.array_equal(s.x_test.reshape(10, -1).numpy(), rows["test"])
+    assert s.y_train.tolist() == rows["y_train"].tolist()
+    assert conftest.shared_folder("cifar10") == folder and server.hits == ["cifar-10-python.tar.gz"]

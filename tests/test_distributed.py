@@ -77,6 +77,7 @@ def runs(tmp_path_factory, shared):
 
 
 @pytest.mark.parametrize("method", ["pgd-at", "trades"])
+@pytest.mark.slow
 def test_two_ranks_end_with_the_weights_of_one_process_with_the_global_batch(runs, method):
     one, two = runs(method, 1), runs(method, 2)
     a, b = weights(one), weights(two)
@@ -91,6 +92,7 @@ def test_two_ranks_end_with_the_weights_of_one_process_with_the_global_batch(run
         assert (x["val_clean"], x["val_robust"]) == (y["val_clean"], y["val_robust"])
 
 
+@pytest.mark.slow
 def test_a_distributed_run_resumes_to_the_weights_of_an_uninterrupted_one(runs, shared, tmp_path):
     part = train(tmp_path / "part", shared("mnist"), "--method=trades", "--train.stop_after=1", ranks=2)
     assert [r["epoch"] for r in rows(part)] == [1]
@@ -106,6 +108,7 @@ def test_a_distributed_run_resumes_to_the_weights_of_an_uninterrupted_one(runs, 
     assert json.loads((part / "last.json").read_text())["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_a_distributed_evaluation_gives_the_report_of_one_process(runs, shared, tmp_path):
     run = runs("pgd-at", 1)
     # 39 images in batches of 12: the last batch of 3 splits 1 / 2 over the ranks
@@ -202,6 +205,7 @@ def _bn_case():
             torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64), g)
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_and_gathers_over_two_processes_match_one(tmp_path):
     x, w, _ = _bn_case()
     bn = nn.BatchNorm2d(3).double().train()

@@ -41,6 +41,7 @@ class Quantized(nn.Module):
         return self.model(torch.round(x * 64) / 64)
 
 
+@pytest.mark.slow
 def test_pgd_agrees_with_torchattacks(mnist_runs, mnist_test):
     try:
         import torchattacks  # the oracle; `make install` adds it with --no-deps
@@ -60,6 +61,7 @@ def test_pgd_agrees_with_torchattacks(mnist_runs, mnist_test):
     assert abs(acc_ours - acc_theirs) <= 0.01
 
 
+@pytest.mark.slow
 def test_autoattack_through_advrep_equals_pyautoattack(mnist_runs, mnist_test):
     from pyautoattack import AutoAttack
 
@@ -102,6 +104,7 @@ def test_interrupted_autoattack_resumes_with_the_same_result(monkeypatch, tmp_pa
     assert other["resumed_chunks"] == 0
 
 
+@pytest.mark.slow
 def test_multi_targeted_pgd_is_at_least_as_strong_as_pgd(mnist_runs, mnist_test):
     model = load(mnist_runs["pgd-at"])
     x, y = mnist_test[0][:200].float() / 255, mnist_test[1][:200]
@@ -113,6 +116,7 @@ def test_multi_targeted_pgd_is_at_least_as_strong_as_pgd(mnist_runs, mnist_test)
         assert (model(mt).argmax(1) == y).float().mean() <= (model(pgd).argmax(1) == y).float().mean() + 0.02
 
 
+@pytest.mark.slow
 def test_l2_evaluation_and_eps_sweep(mnist_runs, mnist_test):
     model = load(mnist_runs["standard"])
     x, y = mnist_test[0][:100], mnist_test[1][:100]
@@ -125,6 +129,7 @@ def test_l2_evaluation_and_eps_sweep(mnist_runs, mnist_test):
     assert sweep[0] == report["clean_acc"] and sweep == sorted(sweep, reverse=True) and sweep[-1] < 0.1
 
 
+@pytest.mark.slow
 def test_standard_cifar10_network_is_not_robust_at_8_255(tmp_path, shared):
     run = tmp_path / "run"
     # Two epochs of Adam on the whole training set, the last epoch evaluated (the best-by-validation-
@@ -150,6 +155,7 @@ def check_config(**kw):
                          "checks_n": 100, "corruptions": "none", **kw})
 
 
+@pytest.mark.slow
 def test_checks_flag_a_gradient_masking_model_that_black_box_attacks_break(mnist_runs, mnist_test):
     model = Quantized(load(mnist_runs["standard"])).eval()
     surrogate = load(mnist_runs["standard"])
@@ -166,6 +172,7 @@ def test_checks_flag_a_gradient_masking_model_that_black_box_attacks_break(mnist
     assert "FAILED" in checks.summary(report["checks"])
 
 
+@pytest.mark.slow
 def test_a_normally_trained_model_passes_every_check(mnist_runs, mnist_test):
     model = load(mnist_runs["pgd-at"])
     x, y = mnist_test[0][:100], mnist_test[1][:100]
@@ -176,6 +183,7 @@ def test_a_normally_trained_model_passes_every_check(mnist_runs, mnist_test):
     assert not failed, failed
 
 
+@pytest.mark.slow
 def test_eval_command_trains_and_caches_a_surrogate_and_prints_the_checks(mnist_runs, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", str(mnist_runs["pgd-at"]), "--quiet", "--n", "60", "--out", str(out),
@@ -226,6 +234,7 @@ def test_foreign_weights_that_are_not_a_state_dict_are_refused(tmp_path, capsys)
     assert "cannot load" in err.err and "pwned" not in err.out
 
 
+@pytest.mark.slow
 def test_report_has_robustbench_keys(mnist_runs):
     report = json.loads((mnist_runs["pgd-at"] / "report.json").read_text())
     for key in ("clean_acc", "eps", "threat_model", "architecture"):

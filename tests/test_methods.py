@@ -1,5 +1,7 @@
-"""Methods: the registry contract for every method, and each formula on hand-checkable tensors."""
+"""Methods: the registry contract for every method and composition, and each formula on
+hand-checkable tensors."""
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advrep import methods, models
+from advrep import config, data, factory, methods, models
 from advrep.coercion import build
 from advrep.errors import ConfigError
 from advrep.threat import Threat
@@ -22,16 +24,42 @@ def small_model():
     return model
 
 
+def model_for(name: str, ra_on: bool = False):
+    """small-cnn for MNIST as ``advrep train --method=<name>`` builds it: with the head and head
+    options the method asks for, and reverse attention if ``ra_on``."""
+    info = data.info("mnist")
+    cfg = config.resolve(config.load(None, [f"--method={name}", "--data.dataset=mnist", "--model.arch=small-cnn",
+                                            f"--model.ra={str(ra_on).lower()}"]), info)
+    torch.manual_seed(0)
+    model = factory.build_model(cfg.model, info)
+    nn.init.normal_(model.head.weight, std=0.1)  # the reference zero-init makes every logit equal
+    return model
+
+
+def compositions() -> list[str]:
+    """Every base with every non-empty set of add-on terms, in registry order (``trades+adr``,
+    ``trades+adr+anc``, ...)."""
+    terms = methods.TERMS.names()
+    sets = [c for k in range(1, len(terms) + 1) for c in itertools.combinations(terms, k)]
+    return [f"{base}+{'+'.join(s)}" for base in methods.bases() for s in sets]
+
+
+# Every method and composition, each on the model it trains with (the head it asks for); those
+# with `anc` also with reverse attention (--model.ra=true), the full ANCRA.
+CONTRACT = [*(pytest.param(name, False, id=name) for name in [*methods.METHODS.names(), *compositions()]),
+            *(pytest.param(name, True, id=f"{name}/ra") for name in compositions() if "anc" in name.split("+"))]
+
+
 @pytest.fixture
 def batch():
     torch.manual_seed(2)
     return torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
 
 
-@pytest.mark.parametrize("name", methods.METHODS.names())
-def test_every_method_honours_the_contract(name, batch):
+@pytest.mark.parametrize("name, ra_on", CONTRACT)
+def test_every_method_honours_the_contract(name, ra_on, batch):
     x, y = batch
-    model = small_model().train()
+    model = model_for(name, ra_on).train()
     method = methods.create(name)
     x_adv = method.perturb(model, x, y, THREAT)
     assert x_adv.shape == x.shape
@@ -46,7 +74,7 @@ def test_every_method_honours_the_contract(name, batch):
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", methods.METHODS.names())
+@pytest.mark.parametrize("name", [*methods.METHODS.names(), *compositions()])
 def test_every_method_rejects_unknown_hyperparameters(name):
     with pytest.raises(ConfigError, match="unknown config key 'method.nonsense'"):
         methods.create(name, nonsense=1)
@@ -270,7 +298,7 @@ class CountingModel(nn.Module):
         return self.forward_features(x)[1]
 
 
-@pytest.mark.parametrize("base,passes", [("trades", 2), ("pgd-at", 2), ("mart", 2), ("alp", 2)])
+@pytest.mark.parametrize("base,passes", [(base, 2) for base in methods.bases()])  # clean and adversarial
 def test_lp_term_adds_weighted_pairing_without_repeating_passes(batch, base, passes):
     x, y = batch
     x_adv = (x + 0.1).clamp(0, 1)

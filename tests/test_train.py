@@ -29,6 +29,7 @@ def report(run: Path) -> dict:
     return json.loads((run / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_pgd_at_is_at_least_40_points_more_robust_than_standard(mnist_runs):
     std, adv = report(mnist_runs["standard"]), report(mnist_runs["pgd-at"])
     for r in (std, adv):
@@ -40,6 +41,7 @@ def test_pgd_at_is_at_least_40_points_more_robust_than_standard(mnist_runs):
     assert std["clean_acc"] > 0.95 and adv["clean_acc"] > 0.9
 
 
+@pytest.mark.slow
 def test_run_directory_holds_everything(mnist_runs):
     run = mnist_runs["pgd-at"]
     for name in ("config.yaml", "metrics.jsonl", "last.safetensors", "last.optim.safetensors", "last.json",
@@ -57,6 +59,7 @@ def test_run_directory_holds_everything(mnist_runs):
     assert lo < r["attacks"]["pgd"]["acc"] < hi
 
 
+@pytest.mark.slow
 def test_eval_command_on_a_run_directory(mnist_runs, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", str(mnist_runs["pgd-at"]), "--quiet", "--n", "200", "--checkpoint", "last",
@@ -69,6 +72,7 @@ def test_eval_command_on_a_run_directory(mnist_runs, tmp_path, capsys):
     assert accs["worst_case"] <= min(accs["fgsm"], accs["pgd"], accs["cw"]) <= accs["clean"]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_refused(mnist_runs, capsys, tmp_path):
     weights = mnist_runs["pgd-at"] / "best.safetensors"
     assert main(["eval", "--weights", str(weights), "--arch", "resnet18", "--dataset", "mnist",
@@ -85,6 +89,7 @@ def tensors(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("method", ["pgd-at", "trades"])
+@pytest.mark.slow
 def test_resume_ends_with_the_same_weights(tmp_path, shared, method):
     data = shared("mnist")
     full, part = tmp_path / "full", tmp_path / "part"
@@ -105,6 +110,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, shared, method):
 # ------------------------------------------------------------------------ bad inputs
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path, shared, capsys):
     run = tmp_path / "run"
     data = shared("mnist")
@@ -121,6 +127,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_pa
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_optimizer(tmp_path, shared, capsys):
     run = tmp_path / "run"
     assert train("--data-dir", shared("mnist"), "--out", run, *TINY, "--train.stop_after=1") == 0
@@ -155,6 +162,7 @@ def test_truncated_data_file_is_named(tmp_path, shared, capsys):
     assert str(folder / "train.npz") in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_existing_run_directory_is_not_overwritten(tmp_path, shared, capsys):
     run = tmp_path / "run"
     assert train("--data-dir", shared("mnist"), "--out", run, *TINY, "--train.epochs=1") == 0
@@ -171,6 +179,7 @@ def test_module_entry_point_lists_the_registries():
     assert np.all([line.split(":")[0] in ("datasets", "models", "heads", "methods", "terms") for line in out.splitlines()])
 
 
+@pytest.mark.slow
 def test_cosine_head_rows_stay_on_the_sphere_and_no_validation_means_best_is_last(tmp_path, shared):
     run = tmp_path / "run"
     assert train("--data-dir", shared("mnist"), "--out", run, *TINY, "--model.head=cosine",
@@ -190,6 +199,7 @@ FEW_STEPS = ["--data.train_subset=512", "--data.val_size=128", "--train.epochs=3
 
 
 @pytest.mark.parametrize("method", [*METHODS.names(), "trades+lp"])
+@pytest.mark.slow
 def test_every_method_trains_on_real_mnist(tmp_path, shared, method):
     run = tmp_path / "run"
     assert train("--data-dir", shared("mnist"), "--out", run, f"--method={method}", *FEW_STEPS) == 0
@@ -202,6 +212,7 @@ def test_every_method_trains_on_real_mnist(tmp_path, shared, method):
 
 
 @pytest.mark.parametrize("method", ["pgd-at", "trades"])
+@pytest.mark.slow
 def test_compiled_model_is_compiled_once_and_trains_as_the_plain_one(tmp_path, shared, monkeypatch, method):
     """train.compile: the forward pass is compiled once per mode the loop uses (train, attack with
     frozen parameters, validation) and never again in later epochs; with a backend that runs the

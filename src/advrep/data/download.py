@@ -1,6 +1,11 @@
 """The official dataset files (where to get them, their md5s) and a download that never
 leaves a partial file under its final name.
 
+``$ADVREP_MIRROR`` (a base URL, e.g. ``https://mirror.example.org/advrep/``) replaces the
+official URLs: every file is then fetched from ``<mirror>/<dataset>/<file name>`` only (for
+example ``<mirror>/mnist/train-images-idx3-ubyte.gz``). A mirror changes where the bytes
+come from, never what they must be: they are checked against the md5s of this table.
+
 ``OFFICIAL`` is consulted at call time, so tests can monkeypatch URLs and md5s.
 """
 
@@ -10,7 +15,7 @@ import hashlib
 import http.client
 import os
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -92,8 +97,13 @@ OFFICIAL: dict[str, dict[str, Remote]] = {
 
 
 def remote(dataset: str, name: str) -> Remote | None:
-    """The table's entry for ``name`` of ``dataset``, or None if it has no md5 to check."""
-    return OFFICIAL.get(dataset, {}).get(name)
+    """The table's entry for ``name`` of ``dataset``, or None if it has no md5 to check;
+    with ``$ADVREP_MIRROR`` set, a downloadable entry's URL is the mirror's."""
+    entry = OFFICIAL.get(dataset, {}).get(name)
+    mirror = os.environ.get("ADVREP_MIRROR")
+    if entry is None or not entry.urls or not mirror:
+        return entry
+    return replace(entry, urls=(f"{mirror.rstrip('/')}/{dataset}/{name}",))
 
 
 def md5sum(path: Path) -> str:
