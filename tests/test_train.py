@@ -176,7 +176,7 @@ def test_module_entry_point_lists_the_registries():
     out = subprocess.run([sys.executable, "-m", "advrep", "list"], capture_output=True, text=True, check=True).stdout
     for name in ("mnist", "cifar10", "small-cnn", "wrn-34-10", "prototype", "pgd-at", "trades", "standard"):
         assert name in out
-    assert np.all([line.split(":")[0] in ("datasets", "models", "heads", "methods", "terms") for line in out.splitlines()])
+    assert np.all([line.split(":")[0] in ("datasets", "models", "heads", "methods", "terms", "attacks") for line in out.splitlines()])
 
 
 @pytest.mark.slow
