@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advrep import attacks, config, evaluate, methods, models
+from advrep import attacks, config, evaluation, methods, models
 from advrep.config import EvalConfig, ThreatConfig
 from advrep.data import info
 from advrep.errors import ConfigError
@@ -402,7 +402,7 @@ def test_evaluation_never_sees_the_true_label(selections):
     ev = EvalConfig(attacks=["fgsm", "pgd", "cw", "autoattack"], pgd_steps=3, pgd_step_size=0.1, cw_steps=3,
                     aa_version="custom", aa_attacks=["apgd-ce"], checks=True, checks_n=12, square_queries=20,
                     corruptions="none", batch_size=12)
-    report = evaluate.evaluate(model, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3), ev=ev,
+    report = evaluation.evaluate(model, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3), ev=ev,
                                device="cpu", progress=False)
     assert {"fgsm", "pgd", "cw", "autoattack", "ra-soft"} <= set(report["attacks"]) and "checks" in report
     assert any(s["attack"] for s in selections)
@@ -439,17 +439,17 @@ def test_evaluation_of_an_ra_model_adds_the_adaptive_attack_to_the_worst_case():
     model = small_model(ra_on=True).eval()
     x, y = (torch.rand(8, 1, 28, 28) * 255).to(torch.uint8), torch.randint(0, 10, (8,))
     ev = EvalConfig(attacks=["pgd"], pgd_steps=3, pgd_step_size=0.1, checks=False, corruptions="none")
-    report = evaluate.evaluate(model, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3), ev=ev,
+    report = evaluation.evaluate(model, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3), ev=ev,
                                device="cpu", progress=False)
     rows = report["attacks"]
     assert rows["ra-soft"]["label"] == "PGD-3 (RA soft selection)"
     assert rows["worst_case"]["correct"] <= min(rows["pgd"]["correct"], rows["ra-soft"]["correct"])
     plain = small_model().eval()
-    report = evaluate.evaluate(plain, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3), ev=ev,
+    report = evaluation.evaluate(plain, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3), ev=ev,
                                device="cpu", progress=False)
     assert "ra-soft" not in report["attacks"]
     with pytest.raises(ConfigError, match="reverse attention"):
-        evaluate.evaluate(plain, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3),
+        evaluation.evaluate(plain, x, y, threat=ThreatConfig(eps=0.3, step_size=0.1, steps=3),
                           ev=EvalConfig(attacks=["ra-soft"], checks=False, corruptions="none"), device="cpu",
                           progress=False)
 

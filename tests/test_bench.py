@@ -52,7 +52,7 @@ def test_bench_compiles_advreps_side_only(monkeypatch):
     and the report says which mode ran."""
     import torch._dynamo
 
-    from advrep import train as train_mod
+    from advrep import trainer as train_mod
 
     graphs = []
     monkeypatch.setattr(train_mod, "COMPILE_BACKEND", lambda gm, inputs: graphs.append(1) or gm.forward)

@@ -12,7 +12,7 @@ import torch.nn as nn
 from advrep import attacks, checks, config, data
 from advrep.cli import main
 from advrep.config import EvalConfig, ThreatConfig
-from advrep.evaluate import evaluate
+from advrep.evaluation import evaluate
 from advrep.factory import model_from_checkpoint, model_from_weights
 from advrep.models import create
 

@@ -58,6 +58,7 @@ def tiny_run(tiny_mnist, tmp_path_factory):
 # ------------------------------------------- 1. evaluation never reports what it did not measure
 
 
+@pytest.mark.slow
 def test_an_attack_setting_that_cannot_attack_is_refused_before_anything_runs(tiny_run):
     before = (tiny_run / "report.json").read_text()
     proc = cli("eval", tiny_run, "--quiet", "--eval.pgd_step_size=-0.01", "--eval.attacks=[pgd]")
@@ -66,6 +67,7 @@ def test_an_attack_setting_that_cannot_attack_is_refused_before_anything_runs(ti
     assert (tiny_run / "report.json").read_text() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,needle", [
     ("--eval.pgd_steps=0", "eval.pgd_steps"), ("--eval.pgd_restarts=0", "eval.pgd_restarts"),
     ("--eval.cw_steps=0", "eval.cw_steps"), ("--eval.square_queries=-5", "eval.square_queries"),
@@ -79,6 +81,7 @@ def test_every_attack_setting_is_checked_against_its_meaning(tiny_run, capsys, o
     refused(capsys, ["eval", tiny_run, "--quiet", *override.split()], needle)
 
 
+@pytest.mark.slow
 def test_no_attack_means_no_robust_accuracy(tiny_run, tmp_path, capsys):
     assert main(["eval", str(tiny_run), "--quiet", "--eval.attacks=[]", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -142,6 +145,7 @@ def test_a_yaml_recipe_is_taken_as_written_or_refused(tmp_path, capsys, text, ne
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_flags_that_do_not_apply_are_errors(tiny_run, tmp_path, capsys):
     refused(capsys, ["eval", tiny_run, "--train.epochs=3"], "does not apply to advrep eval")
     refused(capsys, ["analyze", tiny_run, "--method.beta=3"], "does not apply to advrep analyze")
@@ -198,6 +202,7 @@ def test_a_folder_that_is_not_a_run_is_refused_and_kept(tiny_mnist, tmp_path, ca
     refused(capsys, tiny_command(tiny_mnist, tmp_path / "file" / "sub"), "cannot write")
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_never_restarted_over(tiny_run, tiny_mnist, capsys):
     before = (tiny_run / "last.safetensors").read_bytes()
     refused(capsys, tiny_command(tiny_mnist, tiny_run), "already holds a run", "--resume")
@@ -207,6 +212,7 @@ def test_a_finished_run_is_never_restarted_over(tiny_run, tiny_mnist, capsys):
 # -------------------------------------------------------------------- 6. signals and the environment
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_an_epoch_says_what_is_saved_and_how_to_continue(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "advrep", *tiny_command(tiny_mnist, out, "--train.epochs=200")]
@@ -227,6 +233,7 @@ def test_ctrl_c_in_an_epoch_says_what_is_saved_and_how_to_continue(tiny_mnist, t
     assert lines[0].startswith("advrep: interrupted; epoch ") and f"advrep train --resume {out}" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["startup", "evaluation", "eval-command"])
 def test_ctrl_c_anywhere_else_is_one_line_too(tiny_mnist, tiny_run, tmp_path, monkeypatch, capsys, where):
     def interrupt(*args, **kwargs):
@@ -234,7 +241,7 @@ def test_ctrl_c_anywhere_else_is_one_line_too(tiny_mnist, tiny_run, tmp_path, mo
 
     if where == "startup":
         monkeypatch.setattr("advrep.factory.load_data", interrupt)
-        monkeypatch.setattr("advrep.train.load_data", interrupt)
+        monkeypatch.setattr("advrep.trainer.load_data", interrupt)
         argv, expect = tiny_command(tiny_mnist, tmp_path / "run"), "nothing was written"
     elif where == "evaluation":
         monkeypatch.setattr("advrep.api.evaluate", interrupt)
@@ -247,6 +254,7 @@ def test_ctrl_c_anywhere_else_is_one_line_too(tiny_mnist, tiny_run, tmp_path, mo
     assert err.count("\n") == 1 and err.startswith("advrep: interrupted; ") and expect in err, err
 
 
+@pytest.mark.slow
 def test_a_relative_data_dir_works_from_any_folder(tiny_mnist, tmp_path):
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     shutil.copytree(tiny_mnist, work / "data")
@@ -257,6 +265,7 @@ def test_a_relative_data_dir_works_from_any_folder(tiny_mnist, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_nan_stop_then_a_resume_with_a_fixed_value_keeps_that_value(tiny_mnist, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(tiny_command(tiny_mnist, out, "--train.optimizer=sgd", "--train.lr=0.01", "--train.stop_after=1")) == 0

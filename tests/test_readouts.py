@@ -6,7 +6,7 @@ import torch
 from advrep import config, readouts
 from advrep.config import EvalConfig, ThreatConfig
 from advrep.errors import ConfigError
-from advrep.evaluate import correctness, evaluate
+from advrep.evaluation import correctness, evaluate
 from advrep.models import create
 
 
@@ -62,7 +62,7 @@ def test_a_readout_with_a_plot_puts_its_picture_in_the_report(setup, tmp_path, m
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from advrep.evaluate import write_report
+    from advrep.evaluation import write_report
 
     def plot(result):
         fig, ax = plt.subplots()

@@ -34,6 +34,8 @@ from advrep.errors import StorageError
 from advrep.runs import POINTER, Run
 from conftest import ROOT, tiny_command
 
+pytestmark = pytest.mark.slow  # every case trains (tiny runs on real MNIST images)
+
 FILE_OPS = ("write_with", "append_line", "link", "remove", "_rename")
 
 

@@ -8,7 +8,7 @@ import torch
 from advrep import checkpoint
 from advrep.config import TrainConfig
 from advrep.errors import CheckpointError
-from advrep.train import lr_at
+from advrep.trainer import lr_at
 
 
 def test_piecewise_schedule_with_fractions_and_epochs():

@@ -219,7 +219,7 @@ def test_compiled_model_is_compiled_once_and_trains_as_the_plain_one(tmp_path, s
     captured graphs as they are, the run's metrics and weights equal the uncompiled run's."""
     import torch._dynamo
 
-    from advrep import train as train_mod
+    from advrep import trainer as train_mod
 
     graphs = []
 

@@ -55,16 +55,6 @@ def _overrides(args: argparse.Namespace, extra: list[str], command: str = "train
     return out
 
 
-def _free_run_dir(cfg: config_mod.Config) -> Path:
-    """``out_dir/<run name>``, with ``-2``, ``-3``, ... appended while that is taken."""
-    base = Path(cfg.out_dir) / config_mod.run_name(cfg)
-    path, k = base, 1
-    while path.exists() and (not path.is_dir() or any(path.iterdir())):
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    return path
-
-
 def _torchrun_aware(command):
     """Run ``command`` in :func:`advrep.distributed.session`: under torchrun only rank 0 prints,
     and the process group is closed at the end (nothing changes without torchrun)."""
@@ -84,8 +74,8 @@ def _torchrun_aware(command):
 
 @_torchrun_aware
 def cmd_train(args, extra) -> int:
-    from .runs import Run
-    from .train import Trainer
+    from .runs import Run, free_dir
+    from .trainer import Trainer
 
     overrides = _overrides(args, extra, "resume" if args.resume else "train")
     if args.resume:
@@ -99,7 +89,7 @@ def cmd_train(args, extra) -> int:
         run_dir = run.path
     else:
         cfg = config_mod.load(args.config, overrides)
-        run_dir = Path(args.out) if args.out else _free_run_dir(cfg)
+        run_dir = Path(args.out) if args.out else free_dir(cfg)
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
     try:
         return _train_and_evaluate(trainer, args)
@@ -143,7 +133,7 @@ def _train_and_evaluate(trainer, args) -> int:
 
 
 def _print_report(report: dict, out_dir: Path) -> None:
-    from .evaluate import format_table
+    from .evaluation import format_table
 
     print(format_table(report))
     robust = (f", robust (worst case over the attacks) {100 * report['robust_acc']:.2f}%"

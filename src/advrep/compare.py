@@ -141,7 +141,7 @@ def eps_curve(run: dict, n: int, overrides=(), progress: bool = False) -> dict:
     import torch
 
     from .analysis import load_run
-    from .evaluate import eps_sweep
+    from .evaluation import eps_sweep
 
     cfg, model, _, splits, device = load_run(run["dir"], overrides, progress)
     ev = replace(cfg.eval, eps_sweep=[cfg.threat.eps * m for m in EPS_MULTIPLES])

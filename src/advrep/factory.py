@@ -58,6 +58,9 @@ def build_model(cfg: ModelConfig, info: data.DatasetInfo) -> torch.nn.Module:
 def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """Rebuild the network an advrep checkpoint describes and load its weights."""
     state, meta, _ = checkpoint.load(path, optimizer=False)
+    if meta["arch"] == "custom":
+        raise CheckpointError(f"{path} holds the weights of a network of your own, which advrep cannot build; "
+                              "load them into it with advrep.load(path, model=YourNetwork())")
     model = models.create(meta["arch"], num_classes=meta["num_classes"], head=meta["head"],
                           in_channels=meta["in_channels"], image_size=meta["image_size"],
                           normalization=meta["normalization_values"], **meta["head_args"])

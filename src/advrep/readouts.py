@@ -30,6 +30,7 @@ import torch
 
 from . import attacks
 from .registry import Registry
+from .tensors import to_float
 
 READOUTS: Registry[Callable[["Probe"], dict]] = Registry("read-out")
 PLOTS: dict[str, Callable[[dict], "matplotlib.figure.Figure"]] = {}  # noqa: F821
@@ -50,7 +51,8 @@ def register_readout(name: str, plot: Callable[[dict], "matplotlib.figure.Figure
 class Probe:
     """Images, labels and their adversarial counterparts, with features and logits, for read-outs.
 
-    ``x`` is uint8 (N, C, H, W) on any device; everything derived lives on ``device``.
+    ``x`` is uint8 (N, C, H, W) or floats in [0, 1], on any device; everything derived lives on
+    ``device``.
     The attack is PGD-CE with a uniform start in the given threat model.
     """
 
@@ -58,7 +60,7 @@ class Probe:
                  step_size: float, steps: int, device, batch_size: int = 500,
                  x_adv: torch.Tensor | None = None):
         self.model, self.device, self.batch_size = model, device, batch_size
-        self.x = x.to(device).float().div(255)
+        self.x = to_float(x.to(device))
         self.y = y.to(device)
         self.attack = dict(norm=norm, eps=eps, step_size=step_size, steps=steps)
         if x_adv is not None:  # adversarial examples the caller already made with this attack
@@ -88,12 +90,15 @@ class Probe:
         try:
             with torch.no_grad():
                 for (xb,) in self.batches(x):
-                    h, f = self.model.forward_features(xb)
-                    feats.append(h.float())
+                    if hasattr(self.model, "forward_features"):
+                        h, f = self.model.forward_features(xb)
+                        feats.append(h.float())
+                    else:  # a network of one's own: logits only (read-outs of features refuse it)
+                        f = self.model(xb)
                     logits.append(f.float())
         finally:
             self.model.train(was)
-        return torch.cat(feats), torch.cat(logits)
+        return (torch.cat(feats) if feats else None), torch.cat(logits)
 
     @cached_property
     def clean(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -311,9 +311,19 @@ class Run:
                     fileops.remove(dst)
 
     def write_report(self, report: dict, out_dir: Path | None = None) -> None:
-        from .evaluate import write_report
+        from .evaluation import write_report
 
         write_report(out_dir or self.path, report)
+
+
+def free_dir(cfg) -> Path:
+    """``out_dir/<run name>``, with ``-2``, ``-3``, ... appended while that is taken."""
+    base = Path(cfg.out_dir) / config_mod.run_name(cfg)
+    path, k = base, 1
+    while path.exists() and (not path.is_dir() or any(path.iterdir())):
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
 
 
 def resolve_checkpoint(target: str | Path, tag: str = "best") -> tuple[Path, Run | None]:

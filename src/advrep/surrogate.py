@@ -21,7 +21,7 @@ from . import config as config_mod
 from .data import cache_dir
 from .factory import model_from_checkpoint
 from .runs import Run, resolve_checkpoint
-from .train import Trainer
+from .trainer import Trainer
 
 
 def cached(data_cfg, splits, device, progress: bool = True) -> torch.nn.Module:

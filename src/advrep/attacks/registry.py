@@ -1,7 +1,7 @@
 """The evaluation-attack registry: what ``--eval.attacks`` names, one attack per file.
 
 An evaluation attack is a small class registered under its name. Evaluation
-(:mod:`advrep.evaluate`), the gradient-masking checks, ``advrep compare`` and config validation
+(:mod:`advrep.evaluation`), the gradient-masking checks, ``advrep compare`` and config validation
 all read this registry, so an unknown name fails when the config is loaded, with the valid
 names, and a new attack is one new file in this package (with its test)::
 

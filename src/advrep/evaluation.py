@@ -23,6 +23,7 @@ from .attacks import ATTACKS
 from .config import EvalConfig, ThreatConfig
 from .errors import CheckpointError, ConfigError
 from .readouts import Probe
+from .tensors import images, to_float, to_uint8
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95% Wilson score interval of a proportion (stays inside [0, 1] at 0% and 100%)."""
@@ -33,6 +34,34 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def check_labels(model, x: torch.Tensor, y, device) -> None:
+    """ConfigError unless ``y`` holds one integer label per image of ``x``, each a class the
+    model outputs (its logits on the first image tell how many)."""
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ConfigError(f"labels must be a 1-D integer tensor, got {getattr(y, 'dtype', type(y).__name__)} "
+                          f"of shape {tuple(getattr(y, 'shape', ()))}")
+    if len(y) != len(x):
+        raise ConfigError(f"{len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise ConfigError("no images to evaluate")
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(to_float(x[:1].to(device)))
+    except RuntimeError as e:
+        raise ConfigError(f"the model cannot run on images of shape {tuple(x.shape[1:])} "
+                          f"({str(e).splitlines()[0]})") from None
+    finally:
+        model.train(was)
+    if logits.dim() != 2 or len(logits) != 1:
+        raise ConfigError(f"the model must map images to logits (N, K); it returned shape {tuple(logits.shape)}")
+    k = logits.shape[1]
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise ConfigError(f"label {int(y.max()) if y.max() >= k else int(y.min())} is outside the {k} classes the "
+                          f"model outputs (0..{k - 1})")
 
 
 def attack_label(name: str, ev: EvalConfig) -> str:
@@ -64,7 +93,7 @@ def correctness(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatConfig, e
     try:
         for start in tqdm(range(0, len(x), ev.batch_size), desc=desc, disable=None if progress else True,
                           leave=False):
-            xb = x[start:start + ev.batch_size].to(device).float().div(255)
+            xb = to_float(x[start:start + ev.batch_size].to(device))
             yb = y[start:start + ev.batch_size].to(device)
             lo, hi = distributed.shard(len(xb))  # under torchrun each rank attacks its share; results gathered
             total, xb, yb = len(xb), xb[lo:hi], yb[lo:hi]
@@ -115,7 +144,10 @@ def eps_sweep(model, x, y, threat, ev, device) -> list[dict]:
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, ev: EvalConfig,
              device, progress: bool = True, context: dict | None = None, readout_names=(),
              state_dir: Path | None = None, surrogate: Callable[[], torch.nn.Module] | None = None) -> dict:
-    """Run the evaluation on the first ``ev.n`` images of (uint8 ``x``, ``y``); return the report.
+    """Run the evaluation on the first ``ev.n`` images of (``x``, ``y``); return the report.
+
+    ``x`` is a batch of images (N, C, H, W), uint8 or floats in [0, 1] (checked, never rescaled
+    by guess), ``y`` integer labels of the classes the model outputs (checked on one image).
 
     ``readout_names`` run on the same images, reusing the evaluation's PGD examples;
     ``state_dir`` is where attacks that run over the whole set (AutoAttack) keep their progress,
@@ -126,6 +158,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
         if ev.n <= 0:
             raise ConfigError(f"eval.n must be positive, got {ev.n}")
         x, y = x[:ev.n], y[:ev.n]
+    x = images(x)
+    check_labels(model, x, y, device)
     ev = replace(ev, attacks=attacks_for(model, ev))
     for name in ev.attacks:
         ATTACKS.get(name).check(threat, ev)  # a setting under which an attack cannot attack: stop now
@@ -136,7 +170,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
     for name in (a for a in ev.attacks if not ATTACKS.get(a).batched):
         lo, hi = distributed.shard(len(x))  # under torchrun each rank runs it on its share
         mask, extra[name] = ATTACKS.get(name).robust(
-            model, x[lo:hi].to(device).float().div(255), y[lo:hi].to(device), threat=threat, ev=ev, device=device,
+            model, to_float(x[lo:hi].to(device)), y[lo:hi].to(device), threat=threat, ev=ev, device=device,
             state_dir=distributed.rank_dir(Path(state_dir) / name if state_dir else None),
             fingerprint=json.dumps(context or {}, sort_keys=True), progress=progress)
         masks[name] = distributed.gather_cat(mask)
@@ -146,7 +180,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
         extra["eps_sweep"] = eps_sweep(model, x, y, threat, ev, device)
     if ev.checks:
         k = min(ev.checks_n, len(x))
-        extra["checks"] = checks.run(model, x[:k].to(device).float().div(255), y[:k].to(device), threat=threat,
+        extra["checks"] = checks.run(model, to_float(x[:k].to(device)), y[:k].to(device), threat=threat,
                                      ev=ev, device=device, whitebox=checks.whitebox_mask(masks)[:k],
                                      surrogate=surrogate() if surrogate else None)
     if ev.corruptions != "none":
@@ -155,8 +189,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
                               "CIFAR-100-C folder (<corruption>.npy + labels.npy)")
         from . import corruptions
 
-        extra["corruptions"] = corruptions.evaluate(
-            model, x, y, device=device, batch_size=ev.batch_size, progress=progress,
+        extra["corruptions"] = corruptions.evaluate(  # 8-bit images, as the reference corruptions are made
+            model, to_uint8(x), y, device=device, batch_size=ev.batch_size, progress=progress,
             directory=ev.corruptions_dir if ev.corruptions == "official" else None)
         extra["corruptions_acc"] = extra["corruptions"]["mean"]
     if readout_names:

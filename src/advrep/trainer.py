@@ -39,6 +39,7 @@ from .runs import Run
 from .threat import Threat
 
 SYNC_EVERY = 50  # steps between host reads of the non-finite-loss flag
+CUSTOM = "custom"  # the checkpoint's architecture when the network was the caller's own
 
 
 def lr_at(cfg: TrainConfig, epoch: int, frac: float) -> float:
@@ -87,7 +88,9 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 log=print):
+                 log=print, model: torch.nn.Module | None = None):
+        """``model``: a network of one's own (any module mapping [0, 1] images to logits; methods
+        that read features need ``forward_features``) instead of the one ``cfg.model`` builds."""
         self.run_dir = Path(run_dir)
         self.run: Run | None = None  # the run directory's writer (rank 0 only)
         self.progress = progress
@@ -101,7 +104,9 @@ class Trainer:
         self.method.check_model(cfg.model)
         self.threat = Threat.of(cfg.threat)
         torch.manual_seed(cfg.seed)
-        model = distributed.sync_batchnorm(build_model(cfg.model, self.splits.info), self.device)
+        self.custom = model is not None
+        model = distributed.sync_batchnorm(build_model(cfg.model, self.splits.info) if model is None else model,
+                                           self.device)
         self.model = model.to(self.device)
         self.channels_last = cfg.train.channels_last == "on" or (
             cfg.train.channels_last == "auto" and self.device.type == "cuda")
@@ -158,8 +163,8 @@ class Trainer:
     def _meta(self, epoch: int) -> dict:
         c = self.cfg
         return {
-            "arch": c.model.arch, "head": c.model.head, "ra": c.model.ra,
-            "head_args": resolved_options(self.model.head, c.model.head),  # defaults included
+            "arch": CUSTOM if self.custom else c.model.arch, "head": c.model.head, "ra": c.model.ra,
+            "head_args": {} if self.custom else resolved_options(self.model.head, c.model.head),  # defaults included
             "num_classes": self.splits.info.num_classes, "in_channels": self.splits.info.channels,
             "image_size": self.splits.info.image_size, "normalization": c.model.normalization,
             "normalization_values": normalization(c.model.normalization, self.splits.info),
