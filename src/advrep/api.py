@@ -17,12 +17,11 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
-from . import distributed, surrogate
+from . import distributed, methods, surrogate
 from .errors import ConfigError
 from .evaluation import check_labels, format_table, write_report
 from .evaluation import evaluate as evaluate_images
 from .factory import model_from_checkpoint
-from . import methods
 from .methods import readouts_of
 from .runs import Run, provenance
 from .tensors import images, to_float, to_uint8
@@ -48,9 +47,10 @@ def evaluate_checkpoint(ckpt: Path, cfg, splits, device, out_dir: Path, progress
     writes_run = run is not None and Path(out_dir).resolve() == run.path.resolve() and distributed.is_main()
     # the run's lock from before the attacks: a second writer is told at once, not after the evaluation
     with run.lock() if writes_run else contextlib.nullcontext():
-        report = evaluate_images(model, splits.x_test, splits.y_test, threat=cfg.threat, ev=cfg.eval, device=device,
-                          progress=progress, context=context, readout_names=list(dict.fromkeys(names)),
-                          state_dir=out_dir, surrogate=lambda: surrogate.for_config(cfg, splits, device, progress))
+        report = evaluate_images(model, splits.x_test, splits.y_test, threat=cfg.threat, ev=cfg.eval,
+                                 device=device, progress=progress, context=context,
+                                 readout_names=list(dict.fromkeys(names)), state_dir=out_dir,
+                                 surrogate=lambda: surrogate.for_config(cfg, splits, device, progress))
         if distributed.is_main():
             write_report(out_dir, report)
     return report
@@ -82,19 +82,16 @@ def _section_tree(sections: dict) -> dict:
     return {k: v for k, v in sections.items() if v is not None}
 
 
-def _info_of(model, x: torch.Tensor, dataset: str | None, device):
-    """The dataset facts the defaults come from: ``dataset``'s own, or, for images of one's own,
-    their shape with the MNIST family's threat model for one channel and CIFAR's for three."""
+def _info_of(model, x: torch.Tensor, y: torch.Tensor, dataset: str | None, device):
+    """The dataset facts the defaults come from (after checking ``x`` and ``y`` against the
+    model): ``dataset``'s own, or, for images of one's own, their shape with the MNIST family's
+    threat model for one channel and CIFAR's for three."""
     from .data import DatasetInfo, info
 
+    x = images(x)
+    k = check_labels(model, x, y, device)
     if dataset is not None:
         return info(dataset)
-    x = images(x)
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        k = model(to_float(x[:1].to(device))).shape[1]
-    model.train(was)
     c = x.shape[1]
     return DatasetInfo("tensors", k, c, x.shape[-1], (0.0,) * c, (1.0,) * c, "mnist" if c == 1 else "cifar",
                        "none" if c == 1 else "crop-flip")
@@ -132,7 +129,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, datase
     if n is not None:
         ev["n"] = n
     cfg = config_mod.from_dict({"seed": seed, "threat": {"norm": norm, "eps": eps}, "eval": ev})
-    cfg = config_mod.resolve(cfg, _info_of(model, x, dataset, device))
+    cfg = config_mod.resolve(cfg, _info_of(model, x, y, dataset, device))
     torch.manual_seed(cfg.seed)  # the attacks' random starts, as advrep eval seeds them
     context = {"architecture": type(model).__name__, "dataset": dataset, **provenance()}
     report = evaluate_images(model.to(device), x, y, threat=cfg.threat, ev=cfg.eval, device=device, progress=progress,
@@ -164,17 +161,17 @@ def attack(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
         raise ConfigError(f"attack '{name}' reports robust accuracy, not examples; run it with "
                           f"advrep.evaluate(model, x, y, attacks=['{name}'])")
     cfg = config_mod.from_dict({"threat": {"norm": norm, "eps": eps}, "eval": {**eval_options, "attacks": [name]}})
-    info = _info_of(model, x, dataset, device)
+    info = _info_of(model, x, y, dataset, device)
     cfg = config_mod.resolve(cfg, info)
     x = images(x)
-    check_labels(model, x, y, device)
     chosen.check_model(model)
     was = model.training
     model.eval()
     try:
         out = []
         for start in range(0, len(x), cfg.eval.batch_size):
-            xb, yb = to_float(x[start:start + cfg.eval.batch_size].to(device)), y[start:start + cfg.eval.batch_size].to(device)
+            end = start + cfg.eval.batch_size
+            xb, yb = to_float(x[start:end].to(device)), y[start:end].to(device)
             out.append(chosen.perturb(model, xb, yb, threat=cfg.threat, ev=cfg.eval, num_classes=info.num_classes,
                                       device=device))
         return torch.cat(out)

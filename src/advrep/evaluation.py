@@ -36,9 +36,9 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def check_labels(model, x: torch.Tensor, y, device) -> None:
-    """ConfigError unless ``y`` holds one integer label per image of ``x``, each a class the
-    model outputs (its logits on the first image tell how many)."""
+def check_labels(model, x: torch.Tensor, y, device) -> int:
+    """The number of classes the model outputs (its logits on the first image tell), after a
+    ConfigError unless ``y`` holds one integer label per image of ``x``, each one of them."""
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
         raise ConfigError(f"labels must be a 1-D integer tensor, got {getattr(y, 'dtype', type(y).__name__)} "
                           f"of shape {tuple(getattr(y, 'shape', ()))}")
@@ -62,6 +62,7 @@ def check_labels(model, x: torch.Tensor, y, device) -> None:
     if int(y.min()) < 0 or int(y.max()) >= k:
         raise ConfigError(f"label {int(y.max()) if y.max() >= k else int(y.min())} is outside the {k} classes the "
                           f"model outputs (0..{k - 1})")
+    return k
 
 
 def attack_label(name: str, ev: EvalConfig) -> str:
