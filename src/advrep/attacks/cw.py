@@ -10,22 +10,15 @@ Example::
 
 from __future__ import annotations
 
-from .pgd import pgd
-from .registry import Attack, need_positive, register_attack
+from .pgd import PGD
+from .registry import register_attack
 
 
 @register_attack("cw")
-class CW(Attack):
+class CW(PGD):
     title = "CW"
+    loss = "cw"
+    steps_key = "cw_steps"
 
     def label(self, ev) -> str:
         return f"CW∞-{ev.cw_steps}"
-
-    def check(self, threat, ev) -> None:
-        need_positive("eval.cw_steps", ev.cw_steps, integer=True)
-        need_positive("eval.pgd_step_size", ev.pgd_step_size)
-        need_positive("eval.pgd_restarts", ev.pgd_restarts, integer=True)
-
-    def perturb(self, model, x, y, *, threat, ev, num_classes, device):
-        return pgd(model, x, y, eps=threat.eps, norm=threat.norm, step_size=ev.pgd_step_size,
-                   steps=ev.cw_steps, restarts=ev.pgd_restarts, loss="cw", random_start="uniform")

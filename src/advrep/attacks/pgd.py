@@ -142,15 +142,18 @@ class PGD(Attack):
     strongest example."""
 
     title = "PGD"
+    loss = "ce"
+    steps_key = "pgd_steps"  # the eval setting that holds the step count (CW has its own)
 
     def label(self, ev) -> str:
         return f"PGD-{ev.pgd_steps}" + (f"×{ev.pgd_restarts}" if ev.pgd_restarts > 1 else "")
 
     def check(self, threat, ev) -> None:
-        need_positive("eval.pgd_steps", ev.pgd_steps, integer=True)
+        need_positive(f"eval.{self.steps_key}", getattr(ev, self.steps_key), integer=True)
         need_positive("eval.pgd_step_size", ev.pgd_step_size)
         need_positive("eval.pgd_restarts", ev.pgd_restarts, integer=True)
 
     def perturb(self, model, x, y, *, threat, ev, num_classes, device):
         return pgd(model, x, y, eps=threat.eps, norm=threat.norm, step_size=ev.pgd_step_size,
-                   steps=ev.pgd_steps, restarts=ev.pgd_restarts, loss="ce", random_start="uniform")
+                   steps=getattr(ev, self.steps_key), restarts=ev.pgd_restarts, loss=self.loss,
+                   random_start="uniform")
