@@ -1,7 +1,9 @@
 """Runs side by side: ``advrep compare RUN_DIR... [--out DIR]``.
 
 One table of the runs (method, architecture, epochs, training time, the threat model and
-number of evaluated images, clean, FGSM, PGD, CW, AutoAttack, mean corruption accuracy, the
+number of evaluated images, clean, FGSM, PGD, CW, AutoAttack, the corruption accuracy on the
+official CIFAR-10-C files (RobustBench's ``corruptions_acc``) and, in its own column, on advrep's
+generated corruptions (``corruptions_generated_acc``, not comparable to it), the
 gradient-masking flags), read from each run's ``config.yaml``, ``metrics.jsonl`` and
 ``report.json``; a value a run does not have shows as "–". Beside it, a table of the feature
 geometry from each run's ``analysis/analysis.json`` (see :mod:`advrep.analysis`).
@@ -40,7 +42,7 @@ from .errors import ConfigError
 MISSING = "–"
 EPS_MULTIPLES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # computed curves: around the run's own eps
 COLUMNS = ("run", "method", "architecture", "epochs", "train time", "threat (n)", "clean", "FGSM", "PGD", "CW",
-           "AutoAttack", "corruptions", "masking checks")
+           "AutoAttack", "corruptions (official)", "corruptions (generated)", "masking checks")
 GEOMETRY_COLUMNS = ("run", "images", "C clean", "C adv", "F_min clean", "F_min adv", "F_mean clean", "F_mean adv",
                     "min angle", "shift at features")
 
@@ -105,11 +107,13 @@ def table_row(label: str, run: dict) -> dict:
         eps = f"{eps * 255:.3g}/255" if report["threat_model"] == "Linf" and eps < 0.1 else f"{eps:.4g}"
         threat = f"{report['threat_model']} {eps} ({report['n']})"
     aa = report.get("autoattack_acc", acc("autoattack"))
+    # older reports stored the generated corruptions' mean as corruptions_acc: not RobustBench's number
+    official = report.get("corruptions_acc") if report.get("corruptions", {}).get("source") != "generated" else None
     return dict(zip(COLUMNS, (
         label, cfg.method["name"], cfg.model.arch, epochs,
         _duration(sum(r.get("train_time_s", 0) for r in rows)), threat,
         _pct(report.get("clean_acc")), _pct(acc("fgsm")), _pct(acc("pgd")), _pct(acc("cw")), _pct(aa),
-        _pct(report.get("corruptions_acc")), _checks(report))))
+        _pct(official), _pct(report.get("corruptions_generated_acc")), _checks(report))))
 
 
 def geometry_row(label: str, analysis: dict) -> dict:

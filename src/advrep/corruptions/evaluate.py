@@ -1,4 +1,6 @@
-"""Accuracy under the corruptions."""
+"""Accuracy under the corruptions, per corruption and severity, and the two means a report
+keeps apart: the 15 benchmark corruptions (RobustBench's ``corruptions_acc`` when they are the
+official files) and the held-out ones."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
-from .official import _official, _read_official
-from .table import GENERATED_NOTE, SEVERITIES, _check_name, _check_severity, available, generate
+from .official import BENCHMARK, _official, _read_official
+from .table import CORRUPTIONS, GENERATED_BENCHMARK, GENERATED_NOTE, SEVERITIES, _check_name, _check_severity, \
+    available, generate
 
 
 def _cell_seed(seed: int, name: str, severity: int) -> int:
@@ -66,9 +69,15 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, device, directory=None,
     agree with ``y``); otherwise the generated corruptions for C channels (or ``names``) are
     applied to ``x`` on ``device``, deterministically given ``seed`` and ``batch_size``.
 
-    Returns ``{"source": "official" | "generated", "note", "per_corruption": {name: {"1": acc,
-    ..., "5": acc, "mean": acc}}, "per_severity": {"1": mean over corruptions, ...}, "mean",
-    "n": images per cell}``."""
+    Returns ``{"source": "official" | "generated", "note", "n": images per cell, "per_corruption":
+    {name: {"1": acc, ..., "5": acc, "mean": acc}}, "benchmark": {"names", "complete",
+    "per_severity", "mean"}, "held_out": {"names", "per_severity", "mean"}}``: ``benchmark`` over
+    the evaluated ones of the 15 benchmark corruptions (official: CIFAR-10-C's 15; generated:
+    advrep's 15 stand-ins), ``complete`` when all 15 ran at all 5 severities; ``held_out`` over
+    every other corruption evaluated (official: spatter, saturate, ...; generated: the extras);
+    a group with nothing evaluated is None. Generated reports add ``fidelity``: each
+    corruption's closeness to the reference (see :mod:`advrep.corruptions.table`).
+    :func:`report_keys` turns it into the run report's top-level keys."""
     severities = tuple(severities)
     for s in severities:
         _check_severity(s)
@@ -103,6 +112,54 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, device, directory=None,
         model.train(was_training)
     for row in acc.values():
         row["mean"] = sum(row[str(s)] for s in severities) / len(severities)
-    per_severity = {str(s): sum(row[str(s)] for row in acc.values()) / len(acc) for s in severities}
-    return {"source": source, "note": note, "per_corruption": acc, "per_severity": per_severity,
-            "mean": sum(per_severity.values()) / len(per_severity), "n": n}
+    fifteen = BENCHMARK if source == "official" else GENERATED_BENCHMARK
+    benchmark = [name for name in fifteen if name in acc]
+    report = {"source": source, "note": note, "n": n, "per_corruption": acc,
+              "benchmark": _group(acc, benchmark, severities),
+              "held_out": _group(acc, [name for name in acc if name not in fifteen], severities)}
+    if report["benchmark"]:
+        report["benchmark"]["complete"] = len(benchmark) == len(fifteen) and severities == SEVERITIES
+    if source == "generated":
+        report["fidelity"] = {name: CORRUPTIONS[name].fidelity for name in acc}
+    return report
+
+
+def _group(acc: dict, names: list[str], severities) -> dict | None:
+    """Mean accuracy over ``names`` per severity and over all their cells (every cell has the same
+    images, so the mean over cells is the mean over all corrupted images, as RobustBench's)."""
+    if not names:
+        return None
+    per_severity = {str(s): sum(acc[name][str(s)] for name in names) / len(names) for s in severities}
+    return {"names": names, "per_severity": per_severity, "mean": sum(per_severity.values()) / len(per_severity)}
+
+
+def report_keys(report: dict) -> dict:
+    """The run report's top-level keys for a corruption report: RobustBench's ``corruptions_acc``
+    only for the official files' 15 benchmark corruptions at all 5 severities, the generated
+    set's 15-corruption mean under its own ``corruptions_generated_acc``; nothing otherwise."""
+    group = report.get("benchmark")
+    if not group or not group["complete"]:
+        return {}
+    return {"corruptions_acc" if report["source"] == "official" else "corruptions_generated_acc": group["mean"]}
+
+
+def headline(report: dict) -> str:
+    """One line for the printed table and report.md: the benchmark mean under its own label, then
+    the held-out corruptions (generated: the extras) by name, each its mean over severities."""
+    group, official = report.get("benchmark"), report["source"] == "official"
+    if group and group["complete"]:
+        text = (f"corruptions_acc (official files, the 15 benchmark corruptions x 5 severities, as "
+                f"RobustBench): {100 * group['mean']:.2f}%" if official else
+                f"corruptions_generated_acc (advrep's generated set, 15 x 5; not comparable to "
+                f"CIFAR-10-C or RobustBench): {100 * group['mean']:.2f}%")
+    elif group:
+        text = (f"corruptions ({report['source']}, {len(group['names'])} of the 15 benchmark corruptions: "
+                f"no RobustBench mean): {100 * group['mean']:.2f}%")
+    else:
+        text = f"corruptions ({report['source']}): none of the 15 benchmark corruptions"
+    held = report.get("held_out")
+    if held:
+        rows = report["per_corruption"]
+        text += ("; held out: " if official else "; extras: ") + ", ".join(
+            f"{name} {100 * rows[name]['mean']:.2f}%" for name in held["names"])
+    return text

@@ -1,4 +1,5 @@
-"""The official CIFAR-10-C / CIFAR-100-C files."""
+"""The official CIFAR-10-C / CIFAR-100-C files: ``<corruption>.npy`` (the test set at severities
+1..5 stacked in order, uint8 (5N, H, W, C)) and ``labels.npy`` ((5N,)), memory-mapped."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import torch
 
 from ..errors import DataError
 from .table import SEVERITIES
+
+# The 15 corruptions of CIFAR-10-C / CIFAR-100-C that RobustBench's corruptions_acc averages
+# (over all 5 severities), in the order of Hendrycks & Dietterich, and the 4 held out from them.
+BENCHMARK = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+             "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+             "jpeg_compression")
+HELD_OUT = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 
 
 def _read_npy(path: Path, mmap: bool) -> np.ndarray:
