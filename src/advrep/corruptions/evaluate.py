@@ -118,7 +118,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, device, directory=None,
               "benchmark": _group(acc, benchmark, severities),
               "held_out": _group(acc, [name for name in acc if name not in fifteen], severities)}
     if report["benchmark"]:
-        report["benchmark"]["complete"] = len(benchmark) == len(fifteen) and severities == SEVERITIES
+        report["benchmark"]["complete"] = len(benchmark) == len(fifteen) and set(severities) == set(SEVERITIES)
     if source == "generated":
         report["fidelity"] = {name: CORRUPTIONS[name].fidelity for name in acc}
     return report
