@@ -187,13 +187,17 @@ def test_table_row_reads_every_column_and_marks_what_is_missing():
 
     report = {"clean_acc": 0.8123, "threat_model": "Linf", "eps": 8 / 255, "n": 1000, "epoch": 2,
               "attacks": {"fgsm": attack(0.6), "pgd": attack(0.5), "cw": attack(0.48), "autoattack": attack(0.45)},
-              "autoattack_acc": 0.45, "corruptions_acc": 0.7, "checks": {"eps_zero": {"passed": True},
-                                                                         "transfer": {"passed": False}}}
+              "autoattack_acc": 0.45, "corruptions_acc": 0.7, "corruptions_generated_acc": 0.65,
+              "checks": {"eps_zero": {"passed": True}, "transfer": {"passed": False}}}
     row = compare.table_row("a", _run(report, [{"train_time_s": 100}, {"train_time_s": 50.5}]))
     assert list(row.values()) == ["a", "trades", "resnet18", "2 (eval: epoch 2)", "2.5 min", "Linf 8/255 (1000)",
-                                  "81.2%", "60.0%", "50.0%", "48.0%", "45.0%", "70.0%", "FAIL: transfer"]
+                                  "81.2%", "60.0%", "50.0%", "48.0%", "45.0%", "70.0%", "65.0%", "FAIL: transfer"]
     bare = compare.table_row("b", _run(None, [{"train_time_s": 7}], epochs=3))
-    assert list(bare.values()) == ["b", "trades", "resnet18", "1 of 3", "7 s", *["–"] * 8]
+    assert list(bare.values()) == ["b", "trades", "resnet18", "1 of 3", "7 s", *["–"] * 9]
+    # an old report's generated mean stored as corruptions_acc is not shown as RobustBench's
+    old = compare.table_row("c", _run({"corruptions_acc": 0.9, "corruptions": {"source": "generated"}},
+                                      [{"train_time_s": 7}], epochs=1))
+    assert old["corruptions (official)"] == "–" and old["corruptions (generated)"] == "–"
 
 
 def test_eps_curve_from_the_report_adds_the_clean_accuracy_at_zero():
@@ -279,7 +283,7 @@ def test_compare_writes_the_table_from_the_reports(compared):
         assert row[1:4] == [method, "small-cnn", f"2 (eval: epoch {report['epoch']})"]
         assert row[5:9] == ["Linf 0.3 (1000)", f"{100 * report['clean_acc']:.1f}%", "–",
                             f"{100 * report['attacks']['pgd']['acc']:.1f}%"]
-        assert row[9:] == ["–", "–", "–", "– |"]  # CW, AutoAttack, corruptions, checks: not run
+        assert row[9:] == ["–", "–", "–", "–", "– |"]  # CW, AutoAttack, 2 corruption columns, checks: not run
     facts = json.loads((out / "compare.json").read_text())
     curves = {name: r["eps_curve"] for name, r in facts["runs"].items()}
     for curve in curves.values():

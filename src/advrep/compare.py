@@ -2,7 +2,10 @@
 
 One table of the runs (method, architecture, epochs, training time, the threat model and
 number of evaluated images, clean, FGSM, PGD, CW, AutoAttack and any other registered attack a
-report holds, mean corruption accuracy, the gradient-masking flags), read from each run's ``config.yaml``, ``metrics.jsonl`` and
+report holds, the corruption accuracy on the official CIFAR-10-C files (RobustBench's
+``corruptions_acc``) and, in its own column, on advrep's generated corruptions
+(``corruptions_generated_acc``, not comparable to it), the gradient-masking flags), read from
+each run's ``config.yaml``, ``metrics.jsonl`` and
 ``report.json``; a value a run does not have shows as "–". Beside it, a table of the feature
 geometry from each run's ``analysis/analysis.json`` (see :mod:`advrep.analysis`).
 
@@ -108,11 +111,14 @@ def table_row(label: str, run: dict, attack_names=USUAL_ATTACKS) -> dict:
         eps = report["eps"]
         eps = f"{eps * 255:.3g}/255" if report["threat_model"] == "Linf" and eps < 0.1 else f"{eps:.4g}"
         threat = f"{report['threat_model']} {eps} ({report['n']})"
+    # older reports stored the generated corruptions' mean as corruptions_acc: not RobustBench's number
+    official = report.get("corruptions_acc") if report.get("corruptions", {}).get("source") != "generated" else None
     return {"run": label, "method": cfg.method["name"], "architecture": cfg.model.arch, "epochs": epochs,
             "train time": _duration(sum(r.get("train_time_s", 0) for r in rows)), "threat (n)": threat,
             "clean": _pct(report.get("clean_acc")),
             **{ATTACKS.get(name).title: _pct(acc(name)) for name in attack_names},
-            "corruptions": _pct(report.get("corruptions_acc")), "masking checks": _checks(report)}
+            "corruptions (official)": _pct(official),
+            "corruptions (generated)": _pct(report.get("corruptions_generated_acc")), "masking checks": _checks(report)}
 
 
 def geometry_row(label: str, analysis: dict) -> dict:

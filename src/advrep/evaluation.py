@@ -193,7 +193,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
         extra["corruptions"] = corruptions.evaluate(  # 8-bit images, as the reference corruptions are made
             model, to_uint8(x), y, device=device, batch_size=ev.batch_size, progress=progress,
             directory=ev.corruptions_dir if ev.corruptions == "official" else None)
-        extra["corruptions_acc"] = extra["corruptions"]["mean"]
+        extra.update(corruptions.report_keys(extra["corruptions"]))  # corruptions_acc: official files only
     if readout_names:
         probe = Probe(model, x, y, norm=threat.norm, eps=threat.eps, step_size=ev.pgd_step_size,
                       steps=ev.pgd_steps, device=device, batch_size=ev.batch_size, x_adv=x_pgd)
@@ -230,8 +230,9 @@ def format_table(report: dict) -> str:
         lines.append(f"AutoAttack: {aa['backend']} {aa['backend_version']}, {aa['version']} "
                      f"({', '.join(aa['attacks'])})")
     if "corruptions" in report:
-        c = report["corruptions"]
-        lines.append(f"corruptions ({c['source']}): mean accuracy {100 * c['mean']:.2f}%")
+        from . import corruptions
+
+        lines.append(corruptions.headline(report["corruptions"]))
     if "checks" in report:
         lines.append(checks.summary(report["checks"]))
     return "\n".join(lines)
@@ -262,8 +263,10 @@ def write_report(directory: str | Path, report: dict) -> None:
         sections += ["", "## Accuracy against eps", "", "| eps | accuracy |", "|---|---|"]
         sections += [f"| {r['eps']:.4g} | {100 * r['acc']:.2f}% |" for r in report["eps_sweep"]]
     if "corruptions" in report:
+        from . import corruptions
+
         c = report["corruptions"]
-        sections += ["", f"## Common corruptions ({c['source']})", "", f"mean accuracy {100 * c['mean']:.2f}%", "",
+        sections += ["", f"## Common corruptions ({c['source']})", "", corruptions.headline(c), "",
                      "| corruption | " + " | ".join(f"severity {s}" for s in range(1, 6)) + " | mean |",
                      "|---" * 7 + "|"]
         for name, row in c["per_corruption"].items():
