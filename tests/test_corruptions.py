@@ -776,7 +776,7 @@ def test_official_corruptions_acc_is_the_15_mean_without_the_held_out_four(tmp_p
 def test_run_report_keys_and_labels(tmp_path, cifar):
     """advrep's evaluation report: corruptions_acc only from the official files, the generated
     mean under its own key, each with its own label in the printed table and report.md."""
-    from advrep import evaluate as E
+    from advrep import evaluation as E
     from advrep.config import EvalConfig, ThreatConfig
 
     folder, per = tmp_path / "CIFAR-10-C", 4
