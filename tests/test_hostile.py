@@ -244,10 +244,10 @@ def test_ctrl_c_anywhere_else_is_one_line_too(tiny_mnist, tiny_run, tmp_path, mo
         monkeypatch.setattr("advrep.trainer.load_data", interrupt)
         argv, expect = tiny_command(tiny_mnist, tmp_path / "run"), "nothing was written"
     elif where == "evaluation":
-        monkeypatch.setattr("advrep.api.evaluate", interrupt)
+        monkeypatch.setattr("advrep.api.evaluate_images", interrupt)
         argv, expect = tiny_command(tiny_mnist, tmp_path / "run"), f"evaluate with: advrep eval {tmp_path / 'run'}"
     else:
-        monkeypatch.setattr("advrep.api.evaluate", interrupt)
+        monkeypatch.setattr("advrep.api.evaluate_images", interrupt)
         argv, expect = ["eval", str(tiny_run), "--quiet"], "the same command reuses: advrep eval"
     assert main(argv) == 130
     err = capsys.readouterr().err
