@@ -274,3 +274,11 @@ def test_a_nan_stop_then_a_resume_with_a_fixed_value_keeps_that_value(tiny_mnist
     assert main(["train", "--quiet", "--resume", str(out), "--train.lr=0.01", "--train.stop_after=null"]) == 0
     saved = (out / "config.yaml").read_text()
     assert "lr: 0.01\n" in saved and [r["epoch"] for r in Run(out).metrics()] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_run_without_a_validation_split_prints_no_validation_figure(tiny_mnist, tmp_path, capsys):
+    argv = tiny_command(tiny_mnist, tmp_path / "run", "--data.val_size=0", "--train.epochs=1", "--eval.after_train=false")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no validation split" in out and "-100" not in out, out

@@ -117,8 +117,10 @@ def _train_and_evaluate(trainer, args) -> int:
     best = summary["best_val_robust"]
     status = "finished" if summary["finished"] else \
         f"stopped after {summary['epochs_run']} epochs (continue with: advrep train --resume {run_dir})"
-    print(f"{status}: {summary['epochs_run']} epochs in {summary['time_s']:.0f}s; best validation robust "
-          f"accuracy {100 * best:.2f}%; run directory {run_dir}")
+    # without a validation split (data.val_size=0) there is no best-by-validation figure (-1 in the sidecar)
+    best_text = f"best validation robust accuracy {100 * best:.2f}%" if best >= 0 else \
+        "no validation split (the last epoch is the best)"
+    print(f"{status}: {summary['epochs_run']} epochs in {summary['time_s']:.0f}s; {best_text}; run directory {run_dir}")
     if summary["finished"] and trainer.cfg.eval.after_train:
         args.on_interrupt = (f"training finished and is saved; the evaluation stopped (finished AutoAttack chunks "
                              f"are kept); evaluate with: advrep eval {run_dir}")
