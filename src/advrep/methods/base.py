@@ -12,9 +12,12 @@ trains), :meth:`Method.head_args` (head options it fixes, e.g. SPAT's scale) and
 ``supports_ra`` (whether it may run on a model with reverse attention).
 
 A method implements ``loss(passes, y)`` on :class:`Passes`, which runs the clean and the
-adversarial forward pass at most once each, as separate passes (as the original
-implementations do, so BatchNorm sees the same statistics), and shares them with the add-on
-terms of a composition such as ``trades+lp`` (:class:`Term`, :mod:`.compose`).
+adversarial forward pass at most once each, as separate passes (so BatchNorm normalizes each
+batch by its own statistics, as the original implementations do), and shares them with the
+add-on terms of a composition such as ``trades+lp`` (:class:`Term`, :mod:`.compose`). Where an
+original runs a pass more than its loss needs, the method reproduces what that pass leaves
+behind with :meth:`Passes.update_bn` (TRADES' second clean pass: BatchNorm's running statistics
+are updated clean, adversarial, clean per step, as in the authors' ``trades_loss``).
 """
 
 from __future__ import annotations
@@ -102,6 +105,17 @@ class Passes:
 
     def auxiliary(self, k: int) -> "Passes":
         return _AuxiliaryPasses(self, k)
+
+    def update_bn(self, x: torch.Tensor) -> None:
+        """A training-mode forward of ``x`` without a graph, for what it leaves in BatchNorm's
+        running statistics only (skipped on the step's auxiliary views, in eval mode and on a
+        model with no BatchNorm that tracks running statistics, where it would change nothing)."""
+        if self.index is not None or not self.model.training or not any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                for m in self.model.modules()):
+            return
+        with torch.no_grad(), ra.labels(self.model, self.y):
+            self.model(x)
 
     @property
     def logits(self) -> torch.Tensor:
