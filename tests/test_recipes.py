@@ -91,3 +91,25 @@ def test_spat_cifar_recipes_attack_as_the_released_code(name, monkeypatch):
     assert at_clean.abs().max() < 1e-6 and (elsewhere > 1e-4).all(), "the pair-consistency loss, zero at x' = x"
     text = (ROOT / "configs" / f"{name}.yaml").read_text()
     assert "0.031" in text and "0.007" in text and "2/255, 10 steps (the code's" not in text
+
+
+ADR = {"pgd-at+adr-mnist-small-cnn": "feature_extractor", "trades+adr-mnist-small-cnn": "feature_extractor",
+       "pgd-at+adr-cifar10-resnet18": None, "pgd-at+adr-cifar10-wrn-34-10": None,
+       "trades+adr-cifar10-resnet18": None, "trades+adr-cifar10-wrn-34-10": None}
+
+
+@pytest.mark.parametrize("name", sorted(ADR))
+def test_adr_recipes_compare_the_port_s_layer(name):
+    """ADR compares the features before any dropout: the penultimate ones of the ResNet and the
+    WRN (the authors' 512/640-d), the small CNN's convolutional ones (the port's); the small CNN's
+    head starts from N(0, 0.01), where the reference's zero head lets the compactness terms
+    collapse the features."""
+    cfg = recipe(name)
+    method = config.create_method(cfg.method, cfg.terms)
+    (term,) = method.terms
+    model = build_model(cfg.model, info(cfg.data.dataset))
+    assert term.layer_of(model) == ADR[name]
+    assert method.taps(model) == (() if ADR[name] is None else (ADR[name],))
+    if cfg.model.arch == "small-cnn":
+        assert cfg.model.head_args == {"init_std": 0.01} and model.head.weight.abs().sum() > 0
+        assert model.head.weight.std().item() == pytest.approx(0.01, rel=0.1)
