@@ -20,6 +20,12 @@ prototype terms act (docs/results/adv-dpnp-grid.md).
 
     python scripts/sweep_dpnp.py grid --data-dir ../shared/data/mnist --out runs/dpnp/grid \
         --table docs/results/adv-dpnp-grid.md
+
+``gradients``: at initialization, on one batch of real MNIST and its PGD examples, the norm of
+each term's gradient with respect to the feature extractor and to the prototypes, next to the
+clean CE's (docs/results/adv-dpnp-scaling.md).
+
+    python scripts/sweep_dpnp.py gradients --data-dir ../shared/data/mnist --table docs/results/adv-dpnp-scaling.md
 """
 
 from __future__ import annotations
@@ -206,6 +212,58 @@ def grid(args) -> int:
     return 0
 
 
+def gradients(args) -> int:
+    import numpy as np
+
+    from advrep import methods, models
+    from advrep.methods import adv_dpnp as dpnp
+    from advrep.methods.base import Passes, ce, kl_batchmean
+    from advrep.tensors import fp32
+    from advrep.threat import Threat
+
+    data = np.load(Path(args.data_dir) / "train.npz")
+    x = torch.tensor(data["x"][:args.batch]).float().div(255).unsqueeze(1)
+    y = torch.tensor(data["y"][:args.batch]).long()
+    lines = ["# Adv-DPNP: each term's gradient against the CE's at the start", "",
+             f"Small CNN with the prototype head at initialization (seed 0), the first {args.batch} real MNIST "
+             "training images and their PGD examples (5 steps of 0.1 at eps 0.3 on the prototype CE, uniform start), "
+             f"CPU, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Each term unweighted; `trunk`: the norm of "
+             "its gradient with respect to every parameter but the prototypes, over the clean CE's; `prototypes`: the "
+             "same for the prototype parameters. `d` = 200.", "",
+             "| α | ‖h‖ | ‖h − c_y‖ | prototype spacing | term | value | trunk / CE | prototypes / CE |",
+             "|---|---|---|---|---|---|---|---|"]
+    for alpha in args.alphas:
+        torch.manual_seed(0)
+        model = models.create("small-cnn", num_classes=10, in_channels=1, image_size=28, head="prototype", alpha=alpha)
+        method = methods.create("adv-dpnp")
+        model.eval()
+        x_adv = method.perturb(model, x, y, Threat(eps=0.3, step_size=0.1, steps=5))
+        model.train()
+        torch.manual_seed(1)
+        p = Passes(model, x, x_adv, y)
+        h, c, h_adv = fp32(p.features), fp32(dpnp.class_vectors(model.head)), fp32(p.features_adv)
+        logits_adv = dpnp.detached_head(model.head, p.features_adv)
+        terms = {"CE": ce(p.logits, y), "CE'": ce(logits_adv, y), "L_pos": dpnp.positive(h, c, y),
+                 "L_pos'": dpnp.positive(h_adv, c.detach(), y), "L_neg": dpnp.negative(h, c, y, "sample"),
+                 "L_cons": kl_batchmean(dpnp.detached_head(model.head, p.features), logits_adv)}
+        trunk = [q for name, q in model.named_parameters() if name != "classifier.fc3.weight"]
+        norms = {}
+        for name, term in terms.items():
+            grads = torch.autograd.grad(term, [*trunk, model.head.weight], retain_graph=True, allow_unused=True)
+            norms[name] = (sum(g.pow(2).sum() for g in grads[:-1] if g is not None).sqrt().item(),
+                           0.0 if grads[-1] is None else grads[-1].norm().item())
+        spacing = torch.cdist(c, c).sum().item() / (len(c) * (len(c) - 1))
+        for name, term in terms.items():
+            lines.append(f"| {alpha:g} | {h.norm(dim=1).mean():.2f} | {(h - c[y]).norm(dim=1).mean():.2f} | {spacing:.2f} | "
+                         f"{name} | {term.item():.4f} | {norms[name][0] / norms['CE'][0]:.2f} | "
+                         f"{norms[name][1] / norms['CE'][1]:.2f} |")
+    lines += ["", "Produced by:", "", "```bash", shlex.join(["python", "scripts/sweep_dpnp.py", "gradients", "--data-dir",
+                                                          args.data_dir, "--table", args.table]), "```", ""]
+    Path(args.table).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +282,12 @@ def main() -> int:
     g.add_argument("--epochs", type=int, default=2)
     g.add_argument("--n", type=int, default=200, help="test images evaluated")
     g.set_defaults(fn=grid)
+    r = sub.add_parser("gradients", help="each term's gradient norm against the CE's at the start")
+    r.add_argument("--data-dir", required=True)
+    r.add_argument("--table", required=True)
+    r.add_argument("--batch", type=int, default=128)
+    r.add_argument("--alphas", type=float, nargs="+", default=[1.0, 4.0])
+    r.set_defaults(fn=gradients)
     args = parser.parse_args()
     return args.fn(args)
 
