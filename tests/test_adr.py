@@ -381,3 +381,15 @@ def test_the_mnist_recipe_does_not_collapse_the_small_cnn_features(shared):
     zero_head = models.create("small-cnn", num_classes=10, in_channels=1, image_size=28)
     norm, acc = _adr_steps(images, labels, zero_head, {"layer": "penultimate"})
     assert norm < 2 and acc < 0.25, (norm, acc)
+
+
+def test_a_layer_the_model_lacks_is_a_clear_error():
+    model = small_model()
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ConfigError, match="no module 'trunk.nope'"):
+        methods.create("pgd-at+adr", terms={"adr": {"layer": "trunk.nope"}}).objective(model, x, x, y)
+    with pytest.raises(ConfigError, match="terms.adr.layer"):
+        methods.create("pgd-at+adr", terms={"adr": {"layer": " "}})
+    _, metrics = methods.create("pgd-at+adr", terms={"adr": {"layer": "feature_extractor.maxpool1"}}).objective(
+        model.eval(), x, x, y)
+    assert metrics["adr_lc"].item() == 0.0, "x' = x in eval mode: the same maps, no distance"
