@@ -12,6 +12,20 @@ is made by `scripts/compare_mnist.py` (docs/results/adv-dpnp-mnist.md).
 
     python scripts/sweep_dpnp.py sweep --data-dir ../shared/data/mnist --out runs/dpnp/sweep \
         --table docs/results/adv-dpnp-sweep.md
+
+``grid``: the points of ``GRID`` with two seeds each, every run trained on a small subset and
+then evaluated (PGD and AutoAttack's APGD-CE on the first test images, with the
+``prototype_geometry`` read-out), so the score is APGD's and the geometry shows whether the
+prototype terms act (docs/results/adv-dpnp-grid.md).
+
+    python scripts/sweep_dpnp.py grid --data-dir ../shared/data/mnist --out runs/dpnp/grid \
+        --table docs/results/adv-dpnp-grid.md
+
+``gradients``: at initialization, on one batch of real MNIST and its PGD examples, the norm of
+each term's gradient with respect to the feature extractor and to the prototypes, next to the
+clean CE's (docs/results/adv-dpnp-scaling.md).
+
+    python scripts/sweep_dpnp.py gradients --data-dir ../shared/data/mnist --table docs/results/adv-dpnp-scaling.md
 """
 
 from __future__ import annotations
@@ -126,6 +140,130 @@ def sweep(args) -> int:
     return 0
 
 
+# The re-derived weights: λ_pos around the value whose pull is of the CE's order at the start
+# (docs/adv-dpnp.md, "Scaling"), against the old default 0.1; α = 1, λ_neg = 1, λ_cons = 6.
+GRID = [{"alpha": 1.0, "lambda_pos": v, "lambda_neg": 1.0, "lambda_cons": 6.0} for v in (0.1, 1.0, 3.0)]
+GRID_SEEDS = (0, 1)
+GEOMETRY = ("intra", "intra_rel", "intra_rel_adv", "min_angle_deg", "margin_rel", "margin_rel_adv")
+
+
+def grid_budget(args) -> list[str]:
+    return ["--config", "configs/quickstart-mnist.yaml", "--method=adv-dpnp", f"--data.train_subset={args.subset}",
+            f"--train.epochs={args.epochs}", "--data.val_size=0", f"--eval.n={args.n}",
+            "--eval.attacks=[pgd,autoattack]", "--eval.aa_version=custom", "--eval.aa_attacks=[apgd-ce]",
+            "--eval.pgd_steps=20", "--eval.pgd_step_size=0.03", "--eval.checks=false", "--eval.corruptions=none",
+            "--eval.readouts=[prototype_geometry]"]
+
+
+def grid_run(point: dict, args, seed: int) -> dict:
+    out = Path(args.out) / tag(point, seed)
+    if not (out / "report.json").is_file():
+        if out.exists():
+            raise SystemExit(f"{out} holds an unfinished run; remove it")
+        cmd = [*grid_budget(args), *overrides(point), f"--seed={seed}", "--data-dir", args.data_dir, "--out", str(out),
+               "--quiet"]
+        t0 = time.time()
+        subprocess.run([sys.executable, "-m", "advrep", "train", *cmd], check=True)
+        print(f"{tag(point, seed)}: {time.time() - t0:.0f}s", flush=True)
+    report = json.loads((out / "report.json").read_text())
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    geometry = report["readouts"]["prototype_geometry"]
+    return {**point, "seed": seed, "clean": report["clean_acc"], "pgd": report["attacks"]["pgd"]["acc"],
+            "apgd": report["attacks"]["autoattack"]["acc"], **{k: geometry[k] for k in GEOMETRY},
+            "train_s": sum(r["train_time_s"] for r in rows)}
+
+
+def grid(args) -> int:
+    results = [grid_run(point, args, seed) for point in GRID for seed in GRID_SEEDS]
+    lines = [
+        "# Adv-DPNP: λ_pos at the re-derived scale, APGD-CE as the score",
+        "",
+        f"Small CNN, real MNIST, CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Each run: the quickstart recipe (Adam 1e-3, batch 64, "
+        f"5-step PGD of 0.1 at eps 0.3, eps ramped over the first half epoch), {args.epochs} epochs on the first "
+        f"{args.subset:,} training images, no validation slice (the last epoch is evaluated), then the first {args.n} "
+        "test images at Linf 0.3: PGD-20 (step 0.03) and AutoAttack's APGD-CE (pyautoattack, custom version with "
+        "apgd-ce only), a sample counting only if also correct clean; the `prototype_geometry` read-out on the same "
+        "images (`intra`: mean distance to the own prototype; `_rel`: over the mean distance between prototypes; "
+        "`margin_rel`: (rival − own)/(rival + own) distance, in [−1, 1]). The score reads test images, so the "
+        "selection is not independent of them: read the figures as a comparison at one budget, not as test accuracies.",
+        "",
+        "| α | λ_pos | λ_neg | λ_cons | seed | clean | PGD-20 | APGD-CE | intra | intra_rel | intra_rel (adv) | min angle | margin_rel | margin_rel (adv) | train time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r['alpha']:g} | {r['lambda_pos']:g} | {r['lambda_neg']:g} | {r['lambda_cons']:g} | {r['seed']} | "
+                     f"{100 * r['clean']:.1f}% | {100 * r['pgd']:.1f}% | {100 * r['apgd']:.1f}% | {r['intra']:.2f} | "
+                     f"{r['intra_rel']:.2f} | {r['intra_rel_adv']:.2f} | {r['min_angle_deg']:.1f}° | "
+                     f"{r['margin_rel']:.3f} | {r['margin_rel_adv']:.3f} | {r['train_s']:.0f} s |")
+    lines += ["", "Mean over the seeds:", "", "| λ_pos | clean | APGD-CE | intra_rel | margin_rel |", "|---|---|---|---|---|"]
+    for point in GRID:
+        rs = [r for r in results if all(r[k] == v for k, v in point.items())]
+        lines.append(f"| {point['lambda_pos']:g} | {100 * statistics.mean(r['clean'] for r in rs):.1f}% | "
+                     f"{100 * statistics.mean(r['apgd'] for r in rs):.1f}% | "
+                     f"{statistics.mean(r['intra_rel'] for r in rs):.2f} | {statistics.mean(r['margin_rel'] for r in rs):.3f} |")
+    lines += ["", "Produced by:", "", "```bash",
+              shlex.join(["python", "scripts/sweep_dpnp.py", "grid", "--data-dir", args.data_dir, "--out", args.out,
+                          "--table", args.table, "--subset", str(args.subset), "--epochs", str(args.epochs), "--n",
+                          str(args.n)]), "```", ""]
+    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.table).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def gradients(args) -> int:
+    import numpy as np
+
+    from advrep import methods, models
+    from advrep.methods import adv_dpnp as dpnp
+    from advrep.methods.base import Passes, ce, kl_batchmean
+    from advrep.tensors import fp32
+    from advrep.threat import Threat
+
+    data = np.load(Path(args.data_dir) / "train.npz")
+    x = torch.tensor(data["x"][:args.batch]).float().div(255).unsqueeze(1)
+    y = torch.tensor(data["y"][:args.batch]).long()
+    lines = ["# Adv-DPNP: each term's gradient against the CE's at the start", "",
+             f"Small CNN with the prototype head at initialization (seed 0), the first {args.batch} real MNIST "
+             "training images and their PGD examples (5 steps of 0.1 at eps 0.3 on the prototype CE, uniform start), "
+             f"CPU, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Each term unweighted; `trunk`: the norm of "
+             "its gradient with respect to every parameter but the prototypes, over the clean CE's; `prototypes`: the "
+             "same for the prototype parameters. `d` = 200.", "",
+             "| α | ‖h‖ | ‖h − c_y‖ | prototype spacing | term | value | trunk / CE | prototypes / CE |",
+             "|---|---|---|---|---|---|---|---|"]
+    for alpha in args.alphas:
+        torch.manual_seed(0)
+        model = models.create("small-cnn", num_classes=10, in_channels=1, image_size=28, head="prototype", alpha=alpha)
+        method = methods.create("adv-dpnp")
+        model.eval()
+        x_adv = method.perturb(model, x, y, Threat(eps=0.3, step_size=0.1, steps=5))
+        model.train()
+        torch.manual_seed(1)
+        p = Passes(model, x, x_adv, y)
+        h, c, h_adv = fp32(p.features), fp32(dpnp.class_vectors(model.head)), fp32(p.features_adv)
+        logits_adv = dpnp.detached_head(model.head, p.features_adv)
+        terms = {"CE": ce(p.logits, y), "CE'": ce(logits_adv, y), "L_pos": dpnp.positive(h, c, y),
+                 "L_pos'": dpnp.positive(h_adv, c.detach(), y), "L_neg": dpnp.negative(h, c, y, "sample"),
+                 "L_cons": kl_batchmean(dpnp.detached_head(model.head, p.features), logits_adv)}
+        trunk = [q for name, q in model.named_parameters() if name != "classifier.fc3.weight"]
+        norms = {}
+        for name, term in terms.items():
+            grads = torch.autograd.grad(term, [*trunk, model.head.weight], retain_graph=True, allow_unused=True)
+            norms[name] = (sum(g.pow(2).sum() for g in grads[:-1] if g is not None).sqrt().item(),
+                           0.0 if grads[-1] is None else grads[-1].norm().item())
+        spacing = torch.cdist(c, c).sum().item() / (len(c) * (len(c) - 1))
+        for name, term in terms.items():
+            lines.append(f"| {alpha:g} | {h.norm(dim=1).mean():.2f} | {(h - c[y]).norm(dim=1).mean():.2f} | {spacing:.2f} | "
+                         f"{name} | {term.item():.4f} | {norms[name][0] / norms['CE'][0]:.2f} | "
+                         f"{norms[name][1] / norms['CE'][1]:.2f} |")
+    lines += ["", "Produced by:", "", "```bash", shlex.join(["python", "scripts/sweep_dpnp.py", "gradients", "--data-dir",
+                                                          args.data_dir, "--table", args.table]), "```", ""]
+    Path(args.table).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +274,20 @@ def main() -> int:
     p.add_argument("--subset", type=int, default=10000, help="training images (after the validation slice)")
     p.add_argument("--epochs", type=int, default=1)
     p.set_defaults(fn=sweep)
+    g = sub.add_parser("grid", help="λ_pos at the re-derived scale, scored by APGD-CE, with the geometry")
+    g.add_argument("--data-dir", required=True)
+    g.add_argument("--out", default="runs/dpnp/grid")
+    g.add_argument("--table", required=True)
+    g.add_argument("--subset", type=int, default=2000, help="training images")
+    g.add_argument("--epochs", type=int, default=2)
+    g.add_argument("--n", type=int, default=200, help="test images evaluated")
+    g.set_defaults(fn=grid)
+    r = sub.add_parser("gradients", help="each term's gradient norm against the CE's at the start")
+    r.add_argument("--data-dir", required=True)
+    r.add_argument("--table", required=True)
+    r.add_argument("--batch", type=int, default=128)
+    r.add_argument("--alphas", type=float, nargs="+", default=[1.0, 4.0])
+    r.set_defaults(fn=gradients)
     args = parser.parse_args()
     return args.fn(args)
 

@@ -37,7 +37,7 @@ Y = [0, 1, 0]
 def passes(h=H, h_adv=H_ADV, f=F_CLEAN, f_adv=F_ADV):
     """Leaf tensors standing in for the forward passes the base already ran."""
     t = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (h, h_adv, f, f_adv)]
-    return SimpleNamespace(features=t[0], features_adv=t[1], logits=t[2], logits_adv=t[3])
+    return SimpleNamespace(model=None, features=t[0], features_adv=t[1], logits=t[2], logits_adv=t[3])
 
 
 def part(name, p=None, y=Y, **options):
@@ -216,8 +216,9 @@ def test_clean_cross_entropy_auto_rule(base):
         methods.create(f"{base}+adr", terms={"adr": {"clean_ce": "sometimes"}})
 
 
+@pytest.mark.parametrize("layer", ["auto", "penultimate"])
 @pytest.mark.parametrize("base", ["pgd-at", "trades"])
-def test_adr_pgd_and_adr_trades_match_the_paper_and_reuse_the_base_passes(base):
+def test_adr_pgd_and_adr_trades_match_the_paper_and_reuse_the_base_passes(base, layer):
     model = small_model().double().eval()  # eval: no dropout, so both sides see the same network
     torch.manual_seed(3)
     x = torch.rand(8, 1, 28, 28, dtype=torch.float64)
@@ -226,10 +227,13 @@ def test_adr_pgd_and_adr_trades_match_the_paper_and_reuse_the_base_passes(base):
     calls = []
     forward_features = model.forward_features
     model.forward_features = lambda t: calls.append(1) or forward_features(t)
-    loss, metrics = methods.create(f"{base}+adr").objective(model, x, x_adv, y)
+    loss, metrics = methods.create(f"{base}+adr", terms={"adr": {"layer": layer}}).objective(model, x, x_adv, y)
     assert len(calls) == 2, "the term reads the clean and adversarial passes the base already ran"
     with torch.no_grad():
         (h, f), (h_adv, f_adv) = forward_features(x), forward_features(x_adv)
+        if layer == "auto":  # small-cnn: the convolutional features, before any dropout (the port's layer)
+            h, h_adv = (model.feature_extractor(model.normalize(t)).flatten(1) for t in (x, x_adv))
+            assert h.shape == (8, 1024)
         if base == "pgd-at":  # ADR-PGD: CE(f, y) + CE(f', y) + L_lc + L_smt + L_ent + L_gc
             expected = F.cross_entropy(f, y) + F.cross_entropy(f_adv, y)
         else:  # ADR-TRADES: CE(f, y) + β·KL(p ‖ p') + the same four parts, β = 6
@@ -334,3 +338,58 @@ def test_an_adr_run_logs_the_readout_every_epoch(tmp_path, shared):
     for row in rows:
         assert {"adr_lc", "adr_gc", "adr_smt", "adr_ent"} <= set(row) and "adr_clean_ce" not in row
         assert "relative:features" in row["readouts"]["stage_divergence"]
+
+
+def _adr_steps(images, labels, model, terms, steps=30, batch=32):
+    """``steps`` steps of pgd-at+adr (Adam 1e-3, 2-step PGD, eps ramped to 0.3 over the first
+    half), then the mean norm of the penultimate features and the accuracy on the images."""
+    method = methods.create("pgd-at+adr", terms={"adr": terms})
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    for step in range(steps):
+        i = torch.arange(step * batch, (step + 1) * batch) % len(images)
+        x, y = images[i], labels[i]
+        threat = Threat(eps=0.3 * min(1.0, 2 * (step + 1) / steps), step_size=0.1, steps=2)
+        model.eval()
+        x_adv = method.perturb(model, x, y, threat)
+        model.train()
+        loss, _ = method.objective(model, x, x_adv, y, threat)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        h, logits = model.forward_features(images)
+    return h.norm(dim=1).mean().item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+@pytest.mark.slow
+def test_the_mnist_recipe_does_not_collapse_the_small_cnn_features(shared):
+    """30 steps on 512 real MNIST images (seconds): the recipe's model (head N(0, 0.01), the
+    convolutional features compared) keeps its features and learns; the reference's zero head
+    with the penultimate features compared collapses them to zero, at chance accuracy."""
+    import numpy as np
+
+    data = np.load(shared("mnist") / "train.npz")
+    images = torch.tensor(data["x"][:512]).float().div(255).unsqueeze(1)
+    labels = torch.tensor(data["y"][:512]).long()
+    cfg = config.load(Path(__file__).resolve().parents[1] / "configs" / "pgd-at+adr-mnist-small-cnn.yaml")
+    torch.manual_seed(0)
+    recipe = models.create("small-cnn", num_classes=10, in_channels=1, image_size=28, **cfg.model.head_args)
+    norm, acc = _adr_steps(images, labels, recipe, cfg.terms["adr"])
+    assert norm > 5 and acc > 0.4, (norm, acc)
+    torch.manual_seed(0)
+    zero_head = models.create("small-cnn", num_classes=10, in_channels=1, image_size=28)
+    norm, acc = _adr_steps(images, labels, zero_head, {"layer": "penultimate"})
+    assert norm < 2 and acc < 0.25, (norm, acc)
+
+
+def test_a_layer_the_model_lacks_is_a_clear_error():
+    model = small_model()
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ConfigError, match="no module 'trunk.nope'"):
+        methods.create("pgd-at+adr", terms={"adr": {"layer": "trunk.nope"}}).objective(model, x, x, y)
+    with pytest.raises(ConfigError, match="terms.adr.layer"):
+        methods.create("pgd-at+adr", terms={"adr": {"layer": " "}})
+    _, metrics = methods.create("pgd-at+adr", terms={"adr": {"layer": "feature_extractor.maxpool1"}}).objective(
+        model.eval(), x, x, y)
+    assert metrics["adr_lc"].item() == 0.0, "x' = x in eval mode: the same maps, no distance"

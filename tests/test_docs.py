@@ -24,3 +24,20 @@ def test_every_baseline_has_its_recipes(method, setting):
     assert cfg.method["name"] == method
     header = path.read_text().splitlines()[0]
     assert header.startswith("#"), "a recipe starts with a comment naming the paper and its settings"
+
+
+METHOD_PAGES = ["adv-dpnp", "ancra", "spat", "aalp", "adr"]
+
+
+@pytest.mark.parametrize("page", METHOD_PAGES)
+def test_every_method_page_has_a_faithfulness_table_whose_tests_exist(page):
+    import re
+
+    text = (ROOT / "docs" / f"{page}.md").read_text()
+    assert "## Faithfulness" in text, f"docs/{page}.md needs its faithfulness table"
+    table = text.split("## Faithfulness", 1)[1].split("\n## ", 1)[0]
+    assert "| part | status |" in table
+    defined = {m for f in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)}
+    named = set(re.findall(r"`(?:tests/\w+\.py::)?(test_\w+)(?:\[[^\]]*\])?`", table))
+    assert named, "the table names the tests that show each part"
+    assert named <= defined, f"tests named in docs/{page}.md that do not exist: {sorted(named - defined)}"

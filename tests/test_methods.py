@@ -146,6 +146,57 @@ def test_trades_attack_uses_fixed_clean_target_and_small_normal_start(batch, mon
     assert seen["clean_logits"].shape == (6, 10) and not seen["clean_logits"].requires_grad
 
 
+def trades_loss_passes(model, x, x_adv, y, beta=6.0):
+    """The forward passes of the authors' trades_loss after its attack, in their order: the
+    clean batch for the CE, then model(x_adv) and model(x_natural) again inside the KL."""
+    logits = model(x)
+    loss_natural = F.cross_entropy(logits, y)
+    loss_robust = nn.KLDivLoss(reduction="sum")(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+    return loss_natural + beta * loss_robust / len(x)
+
+
+def bn_network():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=0.3), nn.ReLU(), nn.Linear(3, 2))
+
+
+def test_trades_updates_batchnorm_three_times_per_step_as_trades_loss():
+    torch.manual_seed(1)
+    x, x_adv, y = torch.randn(6, 4), torch.randn(6, 4) + 1.0, torch.tensor([0, 1, 0, 1, 0, 1])
+    ours, code = bn_network().train(), bn_network().train()
+    loss, _ = methods.create("trades").objective(ours, x, x_adv, y)
+    expected = trades_loss_passes(code, x, x_adv, y)
+    bn, bn_code = ours[2], code[2]
+    assert bn.num_batches_tracked.item() == 3 == bn_code.num_batches_tracked.item()
+    torch.testing.assert_close(bn.running_mean, bn_code.running_mean)
+    torch.testing.assert_close(bn.running_var, bn_code.running_var)
+    torch.testing.assert_close(loss, expected)  # no dropout: the second clean pass has the same values
+    grads = torch.autograd.grad(loss, list(ours.parameters()))
+    for g, g_code in zip(grads, torch.autograd.grad(expected, list(code.parameters()))):
+        torch.testing.assert_close(g, g_code)
+    # by hand: momentum 0.3 from mean 0, the batch means of clean, adversarial, clean
+    mean = lambda v: ours[1](v).mean(0).detach()  # noqa: E731
+    by_hand = torch.zeros(3)
+    for batch in (x, x_adv, x):
+        by_hand = 0.7 * by_hand + 0.3 * mean(batch)
+    torch.testing.assert_close(bn.running_mean, by_hand)
+
+
+def test_the_statistics_only_pass_skips_eval_mode_auxiliary_views_and_models_without_batchnorm():
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 0, 1])
+    model = bn_network().eval()
+    methods.create("trades").objective(model, x, x + 1, y)
+    assert model[2].num_batches_tracked.item() == 0
+    from advrep.models import ra
+
+    ra_model = ra.enable(models.create("resnet18", num_classes=10)).train()
+    methods.create("trades").objective(ra_model, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), y[:2])
+    assert ra_model.bn1.num_batches_tracked.item() == 3, "once per step, not once per RA point"
+    counting = CountingModel().train()
+    methods.create("trades").objective(counting, x.new_zeros(2, 1, 28, 28), x.new_ones(2, 1, 28, 28), y[:2])
+    assert counting.calls == 2, "no BatchNorm: nothing to update, no third pass"
+
+
 def test_attack_bn_mode_is_used_during_the_attack_only(batch, monkeypatch):
     x, y = batch
     model = small_model().train()

@@ -206,8 +206,19 @@ def test_unknown_names_and_head_options_raise_config_error_with_choices():
         create("small-cnn", head="cos")
     with pytest.raises(ConfigError, match="valid options: scale"):
         create("small-cnn", head="cosine", alpha=2.0)
-    with pytest.raises(ConfigError, match="valid options: none"):
+    with pytest.raises(ConfigError, match="valid options: init_std"):
         create("small-cnn", scale=8.0)
+
+
+def test_linear_head_init_std():
+    assert create("small-cnn").head.weight.abs().sum() == 0, "the TRADES reference's zero head by default"
+    torch.manual_seed(0)
+    head = create("small-cnn", init_std=0.01).head
+    assert head.init_std == 0.01 and head.bias.abs().sum() == 0
+    assert abs(head.weight.std().item() - 0.01) < 0.001 and abs(head.weight.mean().item()) < 0.001
+    assert create("resnet18", init_std=0.0).head.weight.abs().sum() == 0
+    with pytest.raises(ConfigError, match="init_std"):
+        create("small-cnn", init_std=-1.0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -8,12 +8,12 @@ The paper gives the ideas but no formulas and no code, so everything below beyon
 - Contributions ``r_ik = h_ik·W_{y_i,k}`` of the penultimate features to the true class
   (:mod:`advrep.contributions`).
 - Guided dropout, training only, on the clean and on the adversarial pass of the loss
-  (logits ``head(mask ⊙ h · scale)``, each pass masked by its own contributions).
-  ``guide=prediction`` (the default, advrep's departure from METHODS.md) ranks by the
-  contributions to the class the pass's own undropped logits predict, which does not read ``y``.
-  ``guide=label`` (METHODS.md's literal reading) ranks by the contributions to the true class;
-  this leaks the label into the training logits, and on MNIST the network learns to classify
-  only through the mask (chance accuracy without it, docs/aalp.md).
+  (logits ``head(mask ⊙ h · scale)``, each pass masked by its own contributions), ranked by the
+  contributions to the class the pass's own undropped logits predict, so the mask never reads
+  ``y`` (advrep's departure from METHODS.md). METHODS.md's literal reading, the contributions to
+  the true class, is not offered: a mask chosen knowing ``y`` carries the label into the
+  training logits, and an untrained network then scores 100% training accuracy through the mask
+  alone (docs/aalp.md; a test keeps the mask label-free).
   ``keep=top-fraction`` keeps the round(ρ·d) features with the largest contribution per
   sample (ties: the lower feature index wins) and rescales them by 1/ρ;
   ``keep=threshold`` keeps the features with ``r_ik ≥ threshold`` and rescales them by
@@ -26,7 +26,7 @@ The paper gives the ideas but no formulas and no code, so everything below beyon
 - Loss ``½·CE(f, y) + ½·CE(f', y) + λ·(1/B)·Σ_i w_i·d_i`` with ``d_i = mean_k(f_ik − f'_ik)²``.
 
 Attack: ALP's (PGD on ``CE(f', y)`` from a uniform start; ``attack_target=least-likely``).
-Defaults: guide=prediction, ρ = 0.5, keep=top-fraction, weighting=prob, γ = 1, λ = 0.5; threat
+Defaults: ρ = 0.5, keep=top-fraction, weighting=prob, γ = 1, λ = 0.5; threat
 model as for pgd-at; needs the linear head. Logs the read-out ``contribution_concentration``.
 
 Example::
@@ -50,7 +50,6 @@ from .registry import register
 
 @dataclass
 class AalpConfig(AlpConfig):
-    guide: Literal["label", "prediction"] = "prediction"
     keep: Literal["top-fraction", "threshold"] = "top-fraction"
     rho: float = 0.5
     threshold: float = 0.0
@@ -110,7 +109,7 @@ class Aalp(Alp):
         if not model.training:
             return logits, torch.ones((), device=logits.device)
         h = p.features_adv if adv else p.features
-        guide = y if self.cfg.guide == "label" else logits.detach().argmax(1)
+        guide = logits.detach().argmax(1)  # the pass's own prediction, never the label
         r = contributions(fp32(h).detach(), fp32(head_weight(model)).detach(), guide)
         dropped, mask = guided_dropout(h, r, self.cfg.keep, self.cfg.rho, self.cfg.threshold)
         return model.head(dropped), mask.float().mean().detach()

@@ -2,7 +2,7 @@
 Phung, "Improving Adversarial Robustness by Enforcing Local and Global Compactness", ECCV 2020,
 arXiv 2007.05123), as in the authors' code.
 
-On the penultimate features ``h``, ``h'`` with ``d(a, b) = mean_k |a_k − b_k|``:
+On the features ``h``, ``h'`` of ``layer`` with ``d(a, b) = mean_k |a_k − b_k|``:
 
 - local compactness ``L_lc = mean_i d(sg(h_i), h'_i)``;
 - global compactness ``L_gc = (1/B²)·Σ_{i,j} ω_ij·d(sg(h_j), h'_i)``, ``ω_ij = 1`` for a pair of the
@@ -15,6 +15,14 @@ On the penultimate features ``h``, ``h'`` with ``d(a, b) = mean_k |a_k − b_k|`
 - the clean cross-entropy ``CE(f, y)`` of ADR-PGD: ``clean_ce=auto`` adds it when the base has
   none (``pgd-at``, ``mart``) and not when it has one (``trades``, ``alp``); ``true``/``false``
   force it.
+
+Which features: ``layer=auto`` (default) compares the penultimate features where no dropout
+precedes them (ResNet, WRN: the authors' 512/640-d features) and otherwise the network's last
+output before any dropout (the model's ``pre_dropout_path``: small-cnn's convolutional features,
+1,024-d on MNIST, as the authors' port compares them; its 200-d penultimate features come after
+``Dropout(0.5)``, whose two masks keep ``L_lc`` at ~0.13 even at ``x' = x``).
+``layer=penultimate`` forces the penultimate features, a module path names another layer
+(flattened per sample). The smoothness and entropy parts always read the logits.
 
 Value: ``lc·L_lc + gc·L_gc + smt·L_smt + ent·L_ent + gs·L_gs [+ CE(f, y)]``, all part weights 1
 except ``gs = 0``; the term's ``weight`` (1) scales the whole value, the clean CE included. So
@@ -36,6 +44,7 @@ from typing import Literal, Union
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..tensors import fp32
 from .base import Method, Term, TermConfig, ce
 from .registry import register_term
@@ -53,6 +62,8 @@ class AdrConfig(TermConfig):
     gs_weight: float = 0.0  # global smoothness
     omega_other: float = -1 / 99  # pair weight of two samples of different classes
     clean_ce: Union[Literal["auto"], bool] = "auto"  # add CE(f, y); auto: when the base lacks one
+    # the features L_lc and L_gc compare: auto (the last output before any dropout), penultimate, or a module path
+    layer: str = "auto"
 
 
 def mean_abs_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -88,7 +99,21 @@ class Adr(Term):
 
     def __init__(self, **hparams):
         super().__init__(**hparams)
+        if not self.cfg.layer.strip():
+            raise ConfigError("terms.adr.layer must be auto, penultimate or a module path of the model, got ''")
         self.adds_clean_ce = self.cfg.clean_ce is True  # `auto` is settled by attach()
+
+    def layer_of(self, model) -> str | None:
+        """The module path whose output ``L_lc`` and ``L_gc`` compare; None: the penultimate features."""
+        if self.cfg.layer == "penultimate":
+            return None
+        if self.cfg.layer == "auto":
+            return getattr(model, "pre_dropout_path", None)
+        return self.cfg.layer
+
+    def taps(self, model):
+        path = self.layer_of(model)
+        return (path,) if path else ()
 
     def attach(self, base: Method) -> None:
         if self.cfg.clean_ce == "auto":
@@ -96,7 +121,11 @@ class Adr(Term):
 
     def value(self, p, y):
         c = self.cfg
-        h, h_adv = fp32(p.features), fp32(p.features_adv)
+        path = self.layer_of(p.model)
+        if path is None:
+            h, h_adv = fp32(p.features), fp32(p.features_adv)
+        else:
+            h, h_adv = fp32(p.tap(path)), fp32(p.tap(path, adv=True))
         logits, logits_adv = fp32(p.logits), fp32(p.logits_adv)
         probs = F.softmax(logits, 1).detach()
         log_probs_adv = F.log_softmax(logits_adv, 1)

@@ -26,8 +26,9 @@ With reverse attention (``model.ra``, :mod:`advrep.models.ra`) ``Method.objectiv
 alike), and, with ``attack_aux`` (default on, as the code's attacks do), every training attack
 of the composition — the base's and the negative's — adds ``cr · mean_k loss(a_k)`` on the
 auxiliary logits to its loss. RA's label selection is the test-time one in all of them.
-``base_attack=ce`` replaces the base's own attack by the code's (PGD on CE from
-``x + 0.001·N(0, 1)``; the released TRADES-ANCRA uses it instead of TRADES' KL attack).
+``base_attack=ce`` (the default) replaces the base's own attack by the code's: PGD on CE from
+``x + 0.001·N(0, 1)`` (the released TRADES-ANCRA trains with it, not with TRADES' KL attack,
+which the authors define but do not use); ``base_attack=own`` keeps the base's attack.
 
 Example::
 
@@ -58,7 +59,7 @@ class AncConfig(TermConfig):
     random_steps: int = 0  # training steps of random negatives before a logits-based strategy
     alpha: float = 1.0  # 1: asymmetric (anchor frozen)
     attack_aux: bool = True  # with RA: the training attacks add cr · mean_k loss(a_k)
-    base_attack: Literal["own", "ce"] = "own"  # ce: the code's CE-PGD in place of the base's attack
+    base_attack: Literal["own", "ce"] = "ce"  # ce: the code's CE-PGD in place of the base's attack
 
 
 def _uniform_choice(mask: torch.Tensor) -> torch.Tensor:
@@ -130,7 +131,7 @@ class Anc(Term):
         return self._ra_loss if self.cfg.attack_aux else None
 
     def perturb(self, base: Method, model, x, y, threat):
-        """With ``base_attack=ce``, the code's CE-PGD from ``x + 0.001·N(0, 1)``, not the base's attack."""
+        """With ``base_attack=ce`` (default), the code's CE-PGD from ``x + 0.001·N(0, 1)``, not the base's attack."""
         if self.cfg.base_attack == "ce":
             return base.attack(model, x, y, threat, loss="ce", random_start="normal")
         return None

@@ -12,9 +12,12 @@ trains), :meth:`Method.head_args` (head options it fixes, e.g. SPAT's scale) and
 ``supports_ra`` (whether it may run on a model with reverse attention).
 
 A method implements ``loss(passes, y)`` on :class:`Passes`, which runs the clean and the
-adversarial forward pass at most once each, as separate passes (as the original
-implementations do, so BatchNorm sees the same statistics), and shares them with the add-on
-terms of a composition such as ``trades+lp`` (:class:`Term`, :mod:`.compose`).
+adversarial forward pass at most once each, as separate passes (so BatchNorm normalizes each
+batch by its own statistics, as the original implementations do), and shares them with the
+add-on terms of a composition such as ``trades+lp`` (:class:`Term`, :mod:`.compose`). Where an
+original runs a pass more than its loss needs, the method reproduces what that pass leaves
+behind with :meth:`Passes.update_bn` (TRADES' second clean pass: BatchNorm's running statistics
+are updated clean, adversarial, clean per step, as in the authors' ``trades_loss``).
 """
 
 from __future__ import annotations
@@ -75,20 +78,31 @@ class Passes:
     ``(features, logits)`` per RA point, and :meth:`auxiliary` gives the passes as RA point ``k``'s
     auxiliary head sees them. ``root`` is the step's own passes (itself, or the parent of an
     auxiliary view) and ``index`` the RA point (None for the step's own passes). ``threat`` is
-    the step's threat model, for terms that attack inside the loss.
+    the step's threat model, for terms that attack inside the loss. ``taps`` are module paths
+    whose outputs each pass also records (:meth:`tap`; ADR on the small CNN compares the
+    convolutional features).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor | None = None,
-                 threat: Threat | None = None):
+                 threat: Threat | None = None, taps: tuple[str, ...] = ()):
         self.model, self.x, self.x_adv, self.y, self.threat = model, x, x_adv, y, threat
+        self.taps = tuple(taps)
         self.aux: dict[str, list] = {}
+        self.tapped: dict[str, dict[str, torch.Tensor]] = {}
         self.root, self.index = self, None
 
     def _run(self, x: torch.Tensor, name: str) -> tuple[torch.Tensor | None, torch.Tensor]:
         if not hasattr(self.model, "forward_features"):
+            if self.taps:
+                self._need_features(None)
             return None, self.model(x)  # a plain nn.Module: logits only
-        with ra.labels(self.model, self.y):
+        if self.taps and not hasattr(self.model, "capture"):
+            raise ConfigError(f"this objective reads the outputs of {', '.join(self.taps)}: the model must offer "
+                              "capture(paths), as advrep's models do")
+        capture = self.model.capture(self.taps) if self.taps else contextlib.nullcontext({})
+        with ra.labels(self.model, self.y), capture as store:
             out = self.model.forward_features(x)
+        self.tapped[name] = dict(store)
         self.aux[name] = ra.auxiliary(self.model)
         return out
 
@@ -102,6 +116,26 @@ class Passes:
 
     def auxiliary(self, k: int) -> "Passes":
         return _AuxiliaryPasses(self, k)
+
+    def tap(self, path: str, adv: bool = False) -> torch.Tensor:
+        """The output of module ``path`` (one of ``taps``) in the clean or the adversarial pass
+        of the step, flattened per sample (an auxiliary view reads its parent's)."""
+        root = self.root
+        if path not in root.taps:
+            raise ConfigError(f"module '{path}' was not among the taps of this step's passes")
+        _ = root.adv if adv else root.clean
+        return root.tapped["adv" if adv else "clean"][path].flatten(1)
+
+    def update_bn(self, x: torch.Tensor) -> None:
+        """A training-mode forward of ``x`` without a graph, for what it leaves in BatchNorm's
+        running statistics only (skipped on the step's auxiliary views, in eval mode and on a
+        model with no BatchNorm that tracks running statistics, where it would change nothing)."""
+        if self.index is not None or not self.model.training or not any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                for m in self.model.modules()):
+            return
+        with torch.no_grad(), ra.labels(self.model, self.y):
+            self.model(x)
 
     @property
     def logits(self) -> torch.Tensor:
@@ -211,8 +245,12 @@ class Method:
     def loss(self, p: Passes, y: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
+    def taps(self, model: nn.Module) -> tuple[str, ...]:
+        """Module paths of ``model`` whose outputs the loss reads besides features and logits."""
+        return ()
+
     def objective(self, model, x, x_adv, y, threat: Threat | None = None) -> tuple[torch.Tensor, Metrics]:
-        passes = Passes(model, x, x_adv, y, threat)
+        passes = Passes(model, x, x_adv, y, threat, taps=self.taps(model))
         loss, metrics = self.loss(passes, y)
         attention = ra.state(model)
         if attention is not None:  # ANCRA: cr · the same loss on each RA point's auxiliary logits, averaged
@@ -259,6 +297,10 @@ class Term:
     def attach(self, base: Method) -> None:
         """Called once by the composition with its base method, for terms whose defaults
         depend on the base (for example a clean cross-entropy only where the base lacks one)."""
+
+    def taps(self, model: nn.Module) -> tuple[str, ...]:
+        """Module paths of ``model`` whose outputs :meth:`value` reads (:meth:`Passes.tap`)."""
+        return ()
 
     def attack_hook(self, base: Method) -> AttackHook | None:
         """A hook for every attack the composition runs (the base's and the term's own), or

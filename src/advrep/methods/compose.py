@@ -44,6 +44,9 @@ class Composite(Method):
         for term in self.terms:
             term.check_model(model)
 
+    def taps(self, model):
+        return tuple(dict.fromkeys([*self.base.taps(model), *(p for t in self.terms for p in t.taps(model))]))
+
     def attack(self, model, x, y, threat, **kwargs):
         return self.base.attack(model, x, y, threat, **kwargs)
 

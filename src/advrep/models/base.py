@@ -6,7 +6,8 @@ network exposes them through ``forward_features`` instead of each method hooking
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -72,6 +73,9 @@ class Classifier(nn.Module):
     feature_dim: int
     # modules whose outputs are the network's stages, in order (for per-stage read-outs)
     stage_paths: tuple[str, ...] = ()
+    # the last module before any dropout, where the penultimate features come after a dropout
+    # (small-cnn); None: the penultimate features are free of dropout noise
+    pre_dropout_path: str | None = None
 
     def __init__(self, num_classes: int, in_channels: int, normalization: Normalization):
         super().__init__()
@@ -100,15 +104,29 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[1]
 
-    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The output of every stage in ``stage_paths``, then ``features`` and ``logits``, from
-        one pass (forward hooks, so the architectures' forward code stays single)."""
+    @contextlib.contextmanager
+    def capture(self, paths: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+        """A dict that receives the output of each module in ``paths`` (the last one, if a
+        module runs twice) during the forward passes inside the block: forward hooks, so the
+        architectures' forward code stays single."""
         outputs: dict[str, torch.Tensor] = {}
-        handles = [self.get_submodule(path).register_forward_hook(
-            lambda _m, _i, out, path=path: outputs.__setitem__(path, out)) for path in self.stage_paths]
+        modules = []
+        for path in paths:
+            try:
+                modules.append((path, self.get_submodule(path)))
+            except AttributeError:
+                raise ConfigError(f"{type(self).__name__} has no module '{path}'") from None
+        handles = [module.register_forward_hook(lambda _m, _i, out, path=path: outputs.__setitem__(path, out))
+                   for path, module in modules]
         try:
-            h, logits = self.forward_features(x)
+            yield outputs
         finally:
             for handle in handles:
                 handle.remove()
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output of every stage in ``stage_paths``, then ``features`` and ``logits``, from
+        one pass."""
+        with self.capture(self.stage_paths) as outputs:
+            h, logits = self.forward_features(x)
         return {**outputs, "features": h, "logits": logits}

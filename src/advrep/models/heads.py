@@ -20,10 +20,23 @@ HEADS: Registry = Registry("head")
 
 @HEADS.register("linear")
 class LinearHead(nn.Linear):
-    """The plain affine classifier of the reference networks."""
+    """The plain affine classifier of the reference networks.
 
-    def __init__(self, in_features: int, num_classes: int):
+    ``init_std``: None keeps the architecture's own initialization (``nn.Linear``'s, or the
+    zero head of small-cnn, as the TRADES reference); a number draws the weight from
+    ``N(0, init_std²)`` with a zero bias (0.01 keeps ADR's compactness terms from collapsing the
+    small CNN's features, docs/adr.md).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, *, init_std: float | None = None):
         super().__init__(in_features, num_classes)
+        if init_std is not None and not (isinstance(init_std, (int, float)) and float(init_std) >= 0):
+            raise ConfigError(f"linear head init_std must be a number >= 0 (or unset), got {init_std!r}")
+        self.init_std = None if init_std is None else float(init_std)
+        if self.init_std is not None:
+            with torch.no_grad():
+                nn.init.normal_(self.weight, std=self.init_std)
+                self.bias.zero_()
 
 
 @HEADS.register("cosine")

@@ -15,9 +15,12 @@ from .heads import LinearHead, build_head
 @MODELS.register("small-cnn")
 class SmallCNN(Classifier):
     """Convolutions without padding, so ``fc1``'s input size follows from ``image_size``
-    (4x4 maps for 28x28 MNIST, 5x5 for 32x32); features are the 200-d output of fc2+ReLU."""
+    (4x4 maps for 28x28 MNIST, 5x5 for 32x32); features are the 200-d output of fc2+ReLU, which
+    sits after ``Dropout(0.5)``; the convolutional features (``feature_extractor``) are the last
+    output before any dropout."""
 
     head_path = "classifier.fc3"
+    pre_dropout_path = "feature_extractor"
     stage_paths = ("feature_extractor.maxpool1", "feature_extractor.maxpool2", "classifier.relu1")
 
     def __init__(
@@ -63,12 +66,13 @@ class SmallCNN(Classifier):
     @torch.no_grad()
     def _init_like_reference(self) -> None:
         """Kaiming-normal convolutions with zero bias and a zero linear head, as the
-        reference does; other heads keep their own init (a zero prototype has no direction)."""
+        reference does (unless the head sets ``init_std``); other heads keep their own init (a
+        zero prototype has no direction)."""
         for m in self.feature_extractor.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
                 m.bias.zero_()
-        if isinstance(self.head, LinearHead):
+        if isinstance(self.head, LinearHead) and self.head.init_std is None:
             self.head.weight.zero_()
             self.head.bias.zero_()
 
