@@ -52,10 +52,10 @@ def test_bench_compiles_advreps_side_only(monkeypatch):
     and the report says which mode ran."""
     import torch._dynamo
 
-    from advrep import trainer as train_mod
+    from advrep import compiling
 
     graphs = []
-    monkeypatch.setattr(train_mod, "COMPILE_BACKEND", lambda gm, inputs: graphs.append(1) or gm.forward)
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", lambda gm, inputs: graphs.append(1) or gm.forward)
     torch._dynamo.reset()
     s = bench.Setup(method="pgd-at", arch="small-cnn", dataset="mnist", batch_size=8, device=torch.device("cpu"),
                     images=16, amp=False, channels_last=False, compile="default")

@@ -112,7 +112,7 @@ def run(s: Setup, warmup: int = 2, calls: int = 5) -> dict:
     fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last) if s.channels_last \
         else copy.deepcopy(model)
     if s.compile != "off":
-        from .trainer import compile_model
+        from .compiling import compile_model
 
         compile_model(fast_model, s.compile)
     opts = {m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (model, fast_model)}

@@ -14,13 +14,16 @@ from .errors import CheckpointError, ConfigError
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"bad device '{name}'; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for, but this torch build sees no CUDA GPU; use --device=cpu")
+    if device.type == "cuda":
+        # cuDNN picks the fastest convolution algorithm per shape once; advrep's shapes are fixed
+        torch.backends.cudnn.benchmark = True
     return device
 
 

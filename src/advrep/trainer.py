@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, checkpoint, distributed, readouts
+from .compiling import compile_model
 from . import config as config_mod
 from .config import Config, TrainConfig
 from .data.loader import epoch_seed
@@ -68,24 +69,6 @@ def _amp_context(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 
-COMPILE_BACKEND = "inductor"  # tests swap in a backend that counts the graphs and runs them as captured
-
-
-def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """``torch.compile`` the model's forward pass in place, once: its ``forward_features``
-    (which ``forward`` calls) or, for a plain module, ``forward``. The parameters, state dict
-    and attributes stay the module's own, so the methods, the attacks, DDP and checkpoints see
-    the same object. Dynamo keeps one graph per mode the training loop uses (train / eval
-    BatchNorm, parameters frozen by the attack or not, autocast on or off) and reuses each; it
-    does not recompile per step or per ``requires_grad`` toggle."""
-    name = "forward_features" if hasattr(model, "forward_features") else "forward"
-    kwargs = {"backend": COMPILE_BACKEND}
-    if COMPILE_BACKEND == "inductor" and mode != "default":
-        kwargs["mode"] = mode
-    setattr(model, name, torch.compile(getattr(model, name), **kwargs))
-    return model
-
-
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  log=print, model: torch.nn.Module | None = None):
@@ -124,7 +107,8 @@ class Trainer:
             x_tr, y_tr = x_tr[:cfg.data.train_subset], y_tr[:cfg.data.train_subset]
         self.loader = distributed.ShardedLoader(x_tr, y_tr, cfg.train.batch_size, device=self.device,
                                                 shuffle=True, augment=cfg.data.augment, seed=cfg.seed,
-                                                channels_last=self.channels_last)
+                                                channels_last=self.channels_last,
+                                                full_batches=cfg.train.compile != "off")
         self.start_epoch, self.best = 0, -1.0
         if resume:
             self._resume()
@@ -189,7 +173,8 @@ class Trainer:
         model.train()
         n = len(self.loader)
         sums: dict[str, torch.Tensor] = {}
-        bad_step = torch.tensor(-1, device=self.device)
+        bad_step = torch.full((), -1, device=self.device)
+        step_ids = torch.arange(n, device=self.device)  # made once: no host-to-device copy per step
         bar = tqdm(self.loader, total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=None if self.progress and distributed.is_main() else True, leave=False)
         for step, (x, y) in enumerate(bar):
@@ -207,7 +192,7 @@ class Trainer:
             loss.backward()
             opt.step()
             finite = torch.isfinite(loss.detach())
-            bad_step = torch.where((bad_step < 0) & ~finite, torch.tensor(step, device=self.device), bad_step)
+            bad_step = torch.where((bad_step < 0) & ~finite, step_ids[step], bad_step)
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0) + value.float()
             if (step + 1) % SYNC_EVERY == 0 or step + 1 == n:

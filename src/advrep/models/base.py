@@ -102,12 +102,16 @@ class Classifier(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The output of every stage in ``stage_paths``, then ``features`` and ``logits``, from
-        one pass (forward hooks, so the architectures' forward code stays single)."""
+        one pass (forward hooks, so the architectures' forward code stays single). It runs the
+        eager ``forward_features`` even on a compiled model: a compiled graph does not run hooks
+        added after it was made."""
+        from ..compiling import eager_forward_features
+
         outputs: dict[str, torch.Tensor] = {}
         handles = [self.get_submodule(path).register_forward_hook(
             lambda _m, _i, out, path=path: outputs.__setitem__(path, out)) for path in self.stage_paths]
         try:
-            h, logits = self.forward_features(x)
+            h, logits = eager_forward_features(self)(x)
         finally:
             for handle in handles:
                 handle.remove()
