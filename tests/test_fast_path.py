@@ -41,7 +41,7 @@ def small_cnn(**kw):
 def test_compiled_trainer_runs_without_eager_fallback_and_complete_readouts(tmp_path, tiny_mnist, graphs,
                                                                              monkeypatch):
     """trades+adr as users run it: bf16 autocast, channels_last, a partial last batch (80 training
-    images, batch 32), validation and its read-outs, two epochs. Dynamo must never hit its
+    images, batch 32), a 2-step attack, validation and its read-outs, two epochs. Dynamo must never hit its
     recompile limit (which would run the rest eagerly, silently), no graph may have dynamic
     shapes, and stage_divergence keeps every stage."""
     import torch._dynamo
@@ -50,9 +50,10 @@ def test_compiled_trainer_runs_without_eager_fallback_and_complete_readouts(tmp_
     run = tmp_path / "run"
     assert main(tiny_command(tiny_mnist, run, "--method=trades+adr", "--train.epochs=2", "--train.amp=bf16",
                              "--train.channels_last=on", "--train.compile=default",
-                             "--eval.after_train=false")) == 0
-    # training, attack, clean KL targets, validation attack and validation passes: one graph each
-    assert 0 < len(graphs) <= 5, graphs
+                             "--threat.steps=2", "--eval.after_train=false")) == 0
+    # training, the attack's fp32 first step and its bf16 steps, the fp32 clean KL targets, the
+    # validation's attack and passes: one graph each
+    assert 0 < len(graphs) <= 6, graphs
     batch_sizes = {shape[0] for g in graphs for shape in g if shape[1:] == (1, 28, 28)}
     assert batch_sizes <= {32, 16}, batch_sizes  # the training batch and the 16 validation images
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]

@@ -9,8 +9,9 @@ feeds the compiled model full batches only (:class:`advrep.data.loader.DeviceLoa
 
 Dynamo keeps one graph per mode and reuses it: training (train-mode BatchNorm, gradients to
 the parameters), the attack (eval-mode BatchNorm, gradients to the input only, parameters
-frozen), the clean targets of KL attacks (no gradients), and the validation's attack and
-passes (fp32). That is at most 5 for TRADES-like methods, under dynamo's recompile limit (8),
+frozen; under autocast the first step from TRADES' tiny start in fp32, the others in bf16),
+the clean targets of KL attacks (fp32, no gradients), and the validation's attack and passes
+(fp32). That is at most 6 for TRADES-like methods, under dynamo's recompile limit (8),
 so the run never falls back to eager silently (tests/test_fast_path.py runs the trainer with
 ``fail_on_recompile_limit_hit``).
 
