@@ -282,3 +282,20 @@ def test_evaluation_pins_the_test_images_and_copies_batches_without_blocking(mon
                            torch.randint(0, 10, (6,)), ThreatConfig(eps=0.3, step_size=0.1, steps=1),
                            EvalConfig(attacks=[], batch_size=4), "cpu", progress=False)
     assert seen[:2] == ["pinned", "pinned"] and seen.count("to_device") == 4  # x and y of 2 batches
+
+
+def test_auto_precision_and_layout_follow_the_device(monkeypatch):
+    from advrep import factory
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert factory.fast_path(cpu) == (False, False)  # AVX2 only: bf16 would be emulated
+    assert factory.fast_path(cpu, "bf16", "on") == (True, True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert factory.fast_path(cpu) == (True, True)
+    assert factory.fast_path(cpu, "off", "off") == (False, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert factory.fast_path(cuda) == (True, True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert factory.fast_path(cuda) == (False, True)

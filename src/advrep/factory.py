@@ -27,6 +27,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def fast_path(device: torch.device, amp: str = "auto", channels_last: str = "auto") -> tuple[bool, bool]:
+    """``(bf16 autocast, channels_last)`` for training on ``device``: "on"/"bf16" and "off" as
+    given, "auto" what is fastest there: both on a CUDA GPU and on a CPU with native bf16 (where
+    oneDNN's bf16 convolutions want channels_last), both off elsewhere (an AVX2-only CPU).
+    Evaluation does not use them: it runs in fp32."""
+    fast = device.type == "cuda" or native_bf16(device)
+    bf16 = amp == "bf16" or (amp == "auto" and fast and native_bf16(device))
+    return bf16, channels_last == "on" or (channels_last == "auto" and fast)
+
+
 def load_data(cfg: DataConfig, progress: bool = True) -> data.Splits:
     return data.load(cfg.dataset, cfg.data_dir, download=cfg.download, progress=progress)
 

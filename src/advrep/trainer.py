@@ -33,7 +33,7 @@ from . import config as config_mod
 from .config import Config, TrainConfig
 from .data.loader import epoch_seed
 from .errors import ConfigError, TrainingError
-from .factory import build_model, load_data, normalization, resolve_device, split_validation
+from .factory import build_model, fast_path, load_data, normalization, resolve_device, split_validation
 from .models.heads import resolved_options
 from .readouts import Probe
 from .runs import Run
@@ -64,9 +64,8 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _amp_context(cfg: TrainConfig, device: torch.device):
-    use = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
+def _amp_context(dtype, device: torch.device):
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 class Trainer:
@@ -91,8 +90,8 @@ class Trainer:
         model = distributed.sync_batchnorm(build_model(cfg.model, self.splits.info) if model is None else model,
                                            self.device)
         self.model = model.to(self.device)
-        self.channels_last = cfg.train.channels_last == "on" or (
-            cfg.train.channels_last == "auto" and self.device.type == "cuda")
+        bf16, self.channels_last = fast_path(self.device, cfg.train.amp, cfg.train.channels_last)
+        self.amp_dtype = torch.bfloat16 if bf16 else None  # the training autocast (validation: fp32)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.train.compile != "off":
@@ -183,7 +182,7 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr
             lo = distributed.rank() * len(x)  # equal shards: this rank holds rows [lo, lo + len(x))
-            with _amp_context(cfg.train, self.device):
+            with _amp_context(self.amp_dtype, self.device):
                 with distributed.global_draws(lo, lo + len(x), len(x) * distributed.world()):
                     x_adv = self.method.perturb(model, x, y, threat)
                 self.train_model.train()
