@@ -290,11 +290,14 @@ def test_auto_precision_and_layout_follow_the_device(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert factory.fast_path(cpu) == (False, False)  # AVX2 only: bf16 would be emulated
-    assert factory.fast_path(cpu, "bf16", "on") == (True, True)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    assert factory.fast_path(cpu) == (False, True)  # AVX2 only: bf16 would be emulated; NHWC pays
+    assert factory.fast_path(cpu, "bf16", "off") == (True, False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert factory.fast_path(cpu) == (True, True)
     assert factory.fast_path(cpu, "off", "off") == (False, False)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert factory.fast_path(cpu) == (True, False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert factory.fast_path(cuda) == (True, True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
