@@ -364,7 +364,11 @@ def test_anc_on_the_auxiliary_heads_uses_the_same_negative(monkeypatch):
 @pytest.fixture
 def selections(monkeypatch):
     """Records, for every RA weighting, whether the parameters were frozen (an attack's forward,
-    see attacks.input_grad_only) and whether the true labels chose the rows."""
+    see attacks.input_grad_only, which freezes them as on a compiled model here) and whether the
+    true labels chose the rows."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("advrep.attacks.pgd"), "is_compiled", lambda model: True)
     seen = []
     real = ra.ReverseAttention._row
 

@@ -52,10 +52,10 @@ def test_bench_compiles_advreps_side_only(monkeypatch):
     and the report says which mode ran."""
     import torch._dynamo
 
-    from advrep import trainer as train_mod
+    from advrep import compiling
 
     graphs = []
-    monkeypatch.setattr(train_mod, "COMPILE_BACKEND", lambda gm, inputs: graphs.append(1) or gm.forward)
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", lambda gm, inputs: graphs.append(1) or gm.forward)
     torch._dynamo.reset()
     s = bench.Setup(method="pgd-at", arch="small-cnn", dataset="mnist", batch_size=8, device=torch.device("cpu"),
                     images=16, amp=False, channels_last=False, compile="default")
@@ -63,3 +63,44 @@ def test_bench_compiles_advreps_side_only(monkeypatch):
     torch._dynamo.reset()
     assert graphs and r["compile"] == "default" and "compile default" in bench.format_result(r)
     assert r["train_step"]["advrep_img_s"] > 0
+
+
+class Counting(torch.nn.Module):
+    """The model with its forward passes counted: on the clean batch, and on anything else."""
+
+    def __init__(self, model, x):
+        super().__init__()
+        self.model, self.x = model, x
+        self.clean = self.other = 0
+
+    def forward(self, t):
+        if t.shape == self.x.shape and torch.equal(t, self.x):
+            self.clean += 1
+        else:
+            self.other += 1
+        return self.model(t)
+
+
+@pytest.mark.parametrize("name", ["pgd-at", "trades", "mart", "fgsm-rs", "pgd-at+anc", "trades+anc", "standard"])
+def test_the_plain_attack_does_the_methods_work(name):
+    """Both sides run the method's own attack: as many passes on perturbed inputs (fgsm-rs one,
+    +anc's CE attack its steps), from the same start; the plain TRADES attack adds the clean pass
+    its reference code recomputes at each step, advrep's computes it once."""
+    # trades+anc with base_attack=ce: the anc code's CE attack replaces TRADES' KL attack
+    method = methods.create(name, terms={"anc": {"base_attack": "ce"}} if name == "trades+anc" else None)
+    torch.manual_seed(0)
+    net = models.create("small-cnn", num_classes=10, in_channels=1, image_size=28).eval()
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    threat = Threat(eps=0.3, step_size=0.05, steps=3)
+    fast, plain = Counting(net, x), Counting(net, x)
+    spec = bench.attack_spec(method, Counting(net, x), x, y, threat)
+    torch.manual_seed(1)
+    x_fast = method.perturb(fast, x, y, threat)
+    torch.manual_seed(1)
+    x_plain = x if spec is None else bench.plain_pgd(plain, x, y, **spec)
+    steps = 0 if name == "standard" else 1 if name == "fgsm-rs" else 3
+    assert fast.other == plain.other == steps
+    kl = name == "trades"
+    assert (fast.clean, plain.clean) == ((1, 3) if kl else (0, 0))
+    if not kl:  # CE attacks from the same start: the same examples
+        assert (x_fast - x_plain).abs().max() < 1e-5

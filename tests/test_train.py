@@ -220,7 +220,7 @@ def test_compiled_model_is_compiled_once_and_trains_as_the_plain_one(tmp_path, s
     captured graphs as they are, the run's metrics and weights equal the uncompiled run's."""
     import torch._dynamo
 
-    from advrep import trainer as train_mod
+    from advrep import compiling
 
     graphs = []
 
@@ -228,7 +228,7 @@ def test_compiled_model_is_compiled_once_and_trains_as_the_plain_one(tmp_path, s
         graphs.append(len(gm.graph.nodes))
         return gm.forward
 
-    monkeypatch.setattr(train_mod, "COMPILE_BACKEND", counting_backend)
+    monkeypatch.setattr(compiling, "COMPILE_BACKEND", counting_backend)
     torch._dynamo.reset()
     data = shared("mnist")
     plain, compiled = tmp_path / "plain", tmp_path / "compiled"

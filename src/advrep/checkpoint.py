@@ -34,8 +34,19 @@ FORMAT = "advrep-checkpoint/1"
 
 
 def _tensors(state: dict) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared or non-contiguous storage; clone keeps the files independent
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    """The state's tensors on the host, copied there in one go per (device, dtype): the tensors of
+    a group are concatenated on their device and moved with one copy, not one copy (and one
+    wait) per tensor. Each comes back with storage of its own (safetensors refuses shared or
+    non-contiguous storage)."""
+    groups: dict[tuple, list[str]] = {}
+    for k, v in state.items():
+        groups.setdefault((v.device, v.dtype), []).append(k)
+    out: dict[str, torch.Tensor] = {}
+    for keys in groups.values():
+        flat = torch.cat([state[k].detach().reshape(-1) for k in keys]).to("cpu")
+        for k, piece in zip(keys, flat.split([state[k].numel() for k in keys])):
+            out[k] = piece.view(state[k].shape).clone()
+    return {k: out[k] for k in state}
 
 
 def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

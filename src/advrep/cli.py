@@ -233,15 +233,14 @@ def cmd_bench(args, extra) -> int:
     import json
 
     from . import bench
-    from .factory import resolve_device
+    from .factory import fast_path, resolve_device
 
     if extra:
         raise ConfigError(f"unrecognized argument '{extra[0]}'; see advrep bench --help")
     device = resolve_device(args.device or "auto")
-    cuda = device.type == "cuda"
+    amp, channels_last = fast_path(device, {"on": "bf16"}.get(args.amp, args.amp), args.channels_last)
     setup = bench.Setup(method=args.method, arch=args.arch, dataset=args.dataset, batch_size=args.batch_size,
-                        device=device, images=args.images, amp=args.amp == "on" or (args.amp == "auto" and cuda),
-                        channels_last=args.channels_last == "on" or (args.channels_last == "auto" and cuda),
+                        device=device, images=args.images, amp=amp, channels_last=channels_last,
                         compile=args.compile)
     result = bench.run(setup, calls=args.calls)
     print(json.dumps(result, indent=1) if args.json else bench.format_result(result))

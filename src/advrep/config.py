@@ -82,7 +82,10 @@ class TrainConfig:
     val_steps: Optional[PositiveInt] = None  # PGD steps on the validation slice; auto: threat.steps
     stop_after: Optional[PositiveInt] = None  # end this invocation after N epochs (resume later)
     readouts: list[str] = field(default_factory=list)  # per-epoch read-outs beyond the method's own
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    # auto: what is fastest on the device (factory.fast_path): bf16 autocast where native (CUDA,
+    # CPUs with AVX512-BF16 or AMX), channels_last on CUDA and oneDNN CPUs; validation and
+    # evaluation run in fp32 either way
+    amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     # torch.compile the model's forward once per run (a torch.compile mode; reduce-overhead adds CUDA graphs)
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"

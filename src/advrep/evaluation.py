@@ -23,7 +23,7 @@ from .attacks import ATTACKS
 from .config import EvalConfig, ThreatConfig
 from .errors import CheckpointError, ConfigError
 from .readouts import Probe
-from .tensors import images, to_float, to_uint8
+from .tensors import images, pinned, to_device, to_float, to_uint8
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95% Wilson score interval of a proportion (stays inside [0, 1] at 0% and 100%)."""
@@ -91,11 +91,12 @@ def correctness(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatConfig, e
     num_classes = None
     out: dict[str, list[torch.Tensor]] = {name: [] for name in ("clean", *names)}
     kept: list[torch.Tensor] = []
+    x, y = pinned(x, device), pinned(y, device)  # CUDA: each batch then copies without blocking the host
     try:
         for start in tqdm(range(0, len(x), ev.batch_size), desc=desc, disable=None if progress else True,
                           leave=False):
-            xb = to_float(x[start:start + ev.batch_size].to(device))
-            yb = y[start:start + ev.batch_size].to(device)
+            xb = to_float(to_device(x[start:start + ev.batch_size], device))
+            yb = to_device(y[start:start + ev.batch_size], device)
             lo, hi = distributed.shard(len(xb))  # under torchrun each rank attacks its share; results gathered
             total, xb, yb = len(xb), xb[lo:hi], yb[lo:hi]
             with torch.no_grad():

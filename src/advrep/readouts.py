@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from . import attacks
+from .compiling import is_compiled, kept
 from .registry import Registry
 from .tensors import to_float
 
@@ -53,7 +54,11 @@ class Probe:
 
     ``x`` is uint8 (N, C, H, W) or floats in [0, 1], on any device; everything derived lives on
     ``device``.
-    The attack is PGD-CE with a uniform start in the given threat model.
+    The attack is PGD-CE with a uniform start in the given threat model. On a compiled model
+    (:mod:`advrep.compiling`) the attack and the passes pad the last batch to ``batch_size``
+    rows, so the static-shape graphs are reused (eval mode: a row's result does not depend on
+    the others); the outputs kept are copies (:func:`advrep.compiling.kept`), never memory that
+    a CUDA-graph replay may overwrite.
     """
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float,
@@ -70,6 +75,17 @@ class Probe:
         for start in range(0, len(self.y), self.batch_size):
             yield tuple(t[start:start + self.batch_size] for t in tensors)
 
+    def _padded(self, fn, *tensors: torch.Tensor):
+        """``fn`` over the batches of ``tensors``, each result cut back to the batch's rows; on a
+        compiled model a short last batch is first filled up with its own first rows."""
+        pad = is_compiled(self.model) and len(self.y) > 0
+        for batch in self.batches(*tensors):
+            n = len(batch[0])
+            if pad and n < min(self.batch_size, len(self.y)):
+                idx = torch.arange(min(self.batch_size, len(self.y)), device=batch[0].device) % n
+                batch = tuple(t[idx] for t in batch)
+            yield tuple(out[:n] for out in fn(*batch))
+
     def _eval_mode(self):
         was = self.model.training
         self.model.eval()
@@ -79,23 +95,26 @@ class Probe:
     def x_adv(self) -> torch.Tensor:
         was = self._eval_mode()
         try:
-            return torch.cat([attacks.pgd(self.model, xb, yb, random_start="uniform", **self.attack)
-                              for xb, yb in self.batches(self.x, self.y)])
+            return torch.cat([x_adv for (x_adv,) in self._padded(
+                lambda xb, yb: (attacks.pgd(self.model, xb, yb, random_start="uniform", **self.attack),),
+                self.x, self.y)])
         finally:
             self.model.train(was)
 
     def _passes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         was = self._eval_mode()
         feats, logits = [], []
+        with_features = hasattr(self.model, "forward_features")
+
+        def passes(xb):  # a network of one's own gives logits only (read-outs of features refuse it)
+            return self.model.forward_features(xb) if with_features else (self.model(xb),)
+
         try:
             with torch.no_grad():
-                for (xb,) in self.batches(x):
-                    if hasattr(self.model, "forward_features"):
-                        h, f = self.model.forward_features(xb)
-                        feats.append(h.float())
-                    else:  # a network of one's own: logits only (read-outs of features refuse it)
-                        f = self.model(xb)
-                    logits.append(f.float())
+                for out in self._padded(passes, x):
+                    if with_features:
+                        feats.append(kept(out[0]))
+                    logits.append(kept(out[-1]))
         finally:
             self.model.train(was)
         return (torch.cat(feats) if feats else None), torch.cat(logits)

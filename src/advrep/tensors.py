@@ -38,3 +38,17 @@ def images(x, name: str = "x") -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """8-bit images (float images in [0, 1] rounded to the nearest level)."""
     return x if x.dtype == torch.uint8 else (x.float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def pinned(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` in page-locked host memory when it is bound for a CUDA device (its batches then copy
+    asynchronously, see :func:`to_device`); as it is otherwise."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        return t.pin_memory()
+    return t
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` on ``device``; a host-to-CUDA copy does not block the host (from :func:`pinned`
+    memory it is asynchronous, and stream order makes it safe for the work that follows)."""
+    return t.to(device, non_blocking=torch.device(device).type == "cuda")

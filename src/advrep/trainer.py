@@ -28,11 +28,12 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, checkpoint, distributed, readouts
+from .compiling import compile_model
 from . import config as config_mod
 from .config import Config, TrainConfig
 from .data.loader import epoch_seed
 from .errors import ConfigError, TrainingError
-from .factory import build_model, load_data, normalization, resolve_device, split_validation
+from .factory import build_model, fast_path, load_data, normalization, resolve_device, split_validation
 from .models.heads import resolved_options
 from .readouts import Probe
 from .runs import Run
@@ -63,27 +64,8 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _amp_context(cfg: TrainConfig, device: torch.device):
-    use = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
-
-
-COMPILE_BACKEND = "inductor"  # tests swap in a backend that counts the graphs and runs them as captured
-
-
-def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """``torch.compile`` the model's forward pass in place, once: its ``forward_features``
-    (which ``forward`` calls) or, for a plain module, ``forward``. The parameters, state dict
-    and attributes stay the module's own, so the methods, the attacks, DDP and checkpoints see
-    the same object. Dynamo keeps one graph per mode the training loop uses (train / eval
-    BatchNorm, parameters frozen by the attack or not, autocast on or off) and reuses each; it
-    does not recompile per step or per ``requires_grad`` toggle."""
-    name = "forward_features" if hasattr(model, "forward_features") else "forward"
-    kwargs = {"backend": COMPILE_BACKEND}
-    if COMPILE_BACKEND == "inductor" and mode != "default":
-        kwargs["mode"] = mode
-    setattr(model, name, torch.compile(getattr(model, name), **kwargs))
-    return model
+def _amp_context(dtype, device: torch.device):
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 class Trainer:
@@ -108,8 +90,8 @@ class Trainer:
         model = distributed.sync_batchnorm(build_model(cfg.model, self.splits.info) if model is None else model,
                                            self.device)
         self.model = model.to(self.device)
-        self.channels_last = cfg.train.channels_last == "on" or (
-            cfg.train.channels_last == "auto" and self.device.type == "cuda")
+        bf16, self.channels_last = fast_path(self.device, cfg.train.amp, cfg.train.channels_last)
+        self.amp_dtype = torch.bfloat16 if bf16 else None  # the training autocast (validation: fp32)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.train.compile != "off":
@@ -124,7 +106,8 @@ class Trainer:
             x_tr, y_tr = x_tr[:cfg.data.train_subset], y_tr[:cfg.data.train_subset]
         self.loader = distributed.ShardedLoader(x_tr, y_tr, cfg.train.batch_size, device=self.device,
                                                 shuffle=True, augment=cfg.data.augment, seed=cfg.seed,
-                                                channels_last=self.channels_last)
+                                                channels_last=self.channels_last,
+                                                full_batches=cfg.train.compile != "off")
         self.start_epoch, self.best = 0, -1.0
         if resume:
             self._resume()
@@ -189,7 +172,8 @@ class Trainer:
         model.train()
         n = len(self.loader)
         sums: dict[str, torch.Tensor] = {}
-        bad_step = torch.tensor(-1, device=self.device)
+        bad_step = torch.full((), -1, device=self.device)
+        step_ids = torch.arange(n, device=self.device)  # made once: no host-to-device copy per step
         bar = tqdm(self.loader, total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=None if self.progress and distributed.is_main() else True, leave=False)
         for step, (x, y) in enumerate(bar):
@@ -198,7 +182,7 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr
             lo = distributed.rank() * len(x)  # equal shards: this rank holds rows [lo, lo + len(x))
-            with _amp_context(cfg.train, self.device):
+            with _amp_context(self.amp_dtype, self.device):
                 with distributed.global_draws(lo, lo + len(x), len(x) * distributed.world()):
                     x_adv = self.method.perturb(model, x, y, threat)
                 self.train_model.train()
@@ -207,7 +191,7 @@ class Trainer:
             loss.backward()
             opt.step()
             finite = torch.isfinite(loss.detach())
-            bad_step = torch.where((bad_step < 0) & ~finite, torch.tensor(step, device=self.device), bad_step)
+            bad_step = torch.where((bad_step < 0) & ~finite, step_ids[step], bad_step)
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0) + value.float()
             if (step + 1) % SYNC_EVERY == 0 or step + 1 == n:

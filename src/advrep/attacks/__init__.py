@@ -11,7 +11,7 @@ import pkgutil
 
 from .autoattack import autoattack
 from .fgsm import fgsm
-from .losses import LossSpec, attack_loss, ce, cw_margin, kl_to
+from .losses import LossSpec, attack_loss, ce, clean_targets, cw_margin, kl_to
 from .multi_targeted import multi_targeted
 from .pgd import input_grad_only, pgd
 from .registry import ATTACKS, Attack, register_attack
@@ -20,5 +20,5 @@ from .square import square
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["pgd", "fgsm", "multi_targeted", "autoattack", "square", "input_grad_only", "attack_loss", "LossSpec",
+__all__ = ["pgd", "fgsm", "multi_targeted", "autoattack", "square", "input_grad_only", "attack_loss", "clean_targets", "LossSpec",
            "ce", "cw_margin", "kl_to", "ATTACKS", "Attack", "register_attack"]

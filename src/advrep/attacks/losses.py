@@ -44,6 +44,14 @@ def kl_to(clean_logits: torch.Tensor) -> AttackLoss:
     return loss
 
 
+def clean_targets(model, x: torch.Tensor) -> torch.Tensor:
+    """The clean logits a KL attack measures against: no gradients, and in fp32 even under
+    autocast (bf16 rounding of the target would outweigh what the attack's first step measures
+    from ``x + 0.001·N(0, 1)``; one forward pass per batch)."""
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        return fp32(model(x))
+
+
 def targeted_loss(loss: AttackLoss) -> AttackLoss:
     """Turn an untargeted objective into one that pulls towards the label given as target."""
     if loss is ce:
@@ -68,8 +76,7 @@ def attack_loss(spec: LossSpec, *, targeted: bool = False, model=None, x: Option
         if targeted:
             raise ConfigError("the 'kl' attack loss has no targeted form")
         if clean_logits is None:
-            with torch.no_grad():
-                clean_logits = model(x)
+            clean_logits = clean_targets(model, x)
         return kl_to(clean_logits)
     if spec not in LOSSES:
         raise ConfigError(f"unknown attack loss '{spec}'; use one of: {', '.join(LOSSES)}, kl, or a callable")

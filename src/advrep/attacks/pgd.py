@@ -8,12 +8,18 @@ Losses: ``"ce"``, ``"cw"`` (margin), ``"kl"`` (TRADES: KL to the clean predictio
 computed once), or any callable ``(logits, y) -> (B,)`` to maximize. ``targeted=True``
 reads ``y`` as target classes and descends towards them.
 
+Under autocast, the first step from the ``"normal"`` start runs in fp32 (see :func:`_full_precision`).
+
 Random start: ``"uniform"`` in the eps-ball, ``"normal"`` (``init_std`` * N(0, 1), TRADES and
 MART use 0.001) or ``None``. With ``restarts > 1`` each sample keeps its strongest example:
 a successful one first, then the one with the highest loss.
 
-The gradient is taken with respect to the input only (``torch.autograd.grad``); parameters are
-frozen while the attack runs and their ``requires_grad`` flags restored afterwards. The
+The gradient is taken with respect to the input only (``torch.autograd.grad``), which in eager
+mode computes no weight gradients. On a compiled model (:mod:`advrep.compiling`) the
+parameters are also frozen while the attack runs (the compiled backward would otherwise
+compute their gradients) and their ``requires_grad`` flags restored afterwards; in eager they
+are left alone, since frozen weights would defeat autocast's weight-cast cache (each step
+would cast every weight to bf16 again). The
 model's train/eval mode is left as the caller set it (methods choose eval-mode BatchNorm for
 the attack, see ``attack_bn``).
 
@@ -33,6 +39,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn as nn
 
+from ..compiling import is_compiled
 from ..errors import ConfigError
 from ..tensors import fp32
 from ..threat import NORMS
@@ -42,7 +49,11 @@ from .registry import Attack, need_positive, register_attack
 
 @contextlib.contextmanager
 def input_grad_only(model: nn.Module):
-    """Freeze the parameters so backward computes input gradients only, then restore."""
+    """On a compiled model, freeze the parameters so its backward computes input gradients
+    only, then restore; on an eager one, nothing (``autograd.grad`` already skips them)."""
+    if not is_compiled(model):
+        yield
+        return
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
@@ -51,6 +62,17 @@ def input_grad_only(model: nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def _full_precision(needed: bool, x: torch.Tensor):
+    """Autocast off for the first step from the ``"normal"`` start. From ``x + 0.001·N(0, 1)`` the
+    KL to the clean prediction (TRADES, SPAT, Adv-DPNP's option) differs from 0 by less than
+    bf16's rounding of the feature maps, so a bf16 first step follows rounding noise (cosine to fp32's input gradient 0.1-0.35 on a small CNN; the
+    head alone in fp32 does not fix it); from the second step on bf16's direction is fp32's
+    (cosine 0.997). One fp32 step of ``steps`` (tests/test_fast_path.py)."""
+    if needed and torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -106,10 +128,11 @@ def pgd(
     with input_grad_only(model):
         for _ in range(restarts):
             delta = _project(_random_start(x, eps, norm, random_start, init_std), x, eps, norm)
-            for _ in range(steps):
+            for i in range(steps):
                 delta.requires_grad_(True)
-                value = loss_fn(fp32(model(x + delta)), y).sum()
-                (grad,) = torch.autograd.grad(value, delta)
+                with _full_precision(i == 0 and random_start == "normal", x):
+                    value = loss_fn(fp32(model(x + delta)), y).sum()
+                    (grad,) = torch.autograd.grad(value, delta)
                 if norm == "Linf":
                     step = grad.sign()
                 else:

@@ -5,6 +5,11 @@ once (CIFAR-10's training set is 150 MB as uint8), each epoch draws one permutat
 generator seeded by ``(seed, epoch)``, and random crop (zero padding) and horizontal flip
 run batched on the device. Because the order depends only on ``(seed, epoch)``, a resumed
 run sees exactly the batches an uninterrupted one would.
+
+With ``full_batches`` (the trainer sets it for a compiled model, whose graphs have static
+shapes) a last batch that would be partial is completed with the first images of the epoch's
+order, so every batch has ``batch_size`` rows: each image is still seen once per epoch, and a
+few of them twice.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class DeviceLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, device="cpu",
                  shuffle: bool = False, augment: str = "none", seed: int = 0,
-                 channels_last: bool = False):
+                 channels_last: bool = False, full_batches: bool = False):
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"DeviceLoader wants uint8 NCHW images, got {x.dtype} {tuple(x.shape)}")
         if augment not in AUGMENTS:
@@ -57,6 +62,7 @@ class DeviceLoader:
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.full_batches = full_batches
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
@@ -72,7 +78,11 @@ class DeviceLoader:
         n = len(self.x)
         order = torch.randperm(n, generator=gen, device=device) if self.shuffle else None
         for start in range(0, n, self.batch_size):
-            if order is None:
+            if self.full_batches and start + self.batch_size > n:  # wrap around to the epoch's first images
+                idx = torch.arange(start, start + self.batch_size, device=device) % n
+                idx = idx if order is None else order[idx]
+                xb, yb = self.x[idx], self.y[idx]
+            elif order is None:
                 xb, yb = self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
             else:
                 idx = order[start:start + self.batch_size]

@@ -21,11 +21,14 @@ class ShardedLoader(DeviceLoader):
     Every rank runs the same permutation and augmentation on the whole global batch, which
     is cheap next to the attack, so a sample is augmented identically whichever rank keeps
     it. A last batch that does not divide by the world size is trimmed to a multiple of it
-    (dropped if smaller than the world size). With one process this is :class:`DeviceLoader`.
+    (dropped if smaller than the world size); with ``full_batches`` it is completed instead. With
+    one process this is :class:`DeviceLoader`.
     """
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.x), self.batch_size)
+        if self.full_batches:
+            return full + (rest > 0)
         return full + (rest >= group.world())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

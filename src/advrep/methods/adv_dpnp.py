@@ -44,6 +44,7 @@ from torch.func import functional_call
 from ..errors import ConfigError
 from ..readouts import Probe, register_readout
 from ..tensors import fp32
+from ..attacks.losses import clean_targets
 from .base import Method, MethodConfig, accuracy, bn_mode, ce, kl_batchmean
 from .registry import register
 
@@ -134,8 +135,8 @@ class AdvDpnp(Dpnp):
 
     def perturb(self, model, x, y, threat):
         if self.cfg.attack == "kl":
-            with bn_mode(model, self.cfg.attack_bn), torch.no_grad():
-                clean_logits = model(x)
+            with bn_mode(model, self.cfg.attack_bn):
+                clean_logits = clean_targets(model, x)  # fp32, no gradients
             return self.attack(model, x, y, threat, loss="kl", random_start="normal", clean_logits=clean_logits)
         return self.attack(model, x, y, threat, loss="ce", random_start="uniform")
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import attacks
+from .. import attacks, compiling
 from ..coercion import build
 from ..errors import ConfigError
 from ..models import ra
@@ -100,8 +100,11 @@ class Passes:
             raise ConfigError(f"this objective reads the outputs of {', '.join(self.taps)}: the model must offer "
                               "capture(paths), as advrep's models do")
         capture = self.model.capture(self.taps) if self.taps else contextlib.nullcontext({})
+        # a compiled graph does not run hooks added after it was made: taps read the eager pass
+        forward = compiling.eager_forward_features(self.model) if self.taps and compiling.is_compiled(self.model) \
+            else self.model.forward_features
         with ra.labels(self.model, self.y), capture as store:
-            out = self.model.forward_features(x)
+            out = forward(x)
         self.tapped[name] = dict(store)
         self.aux[name] = ra.auxiliary(self.model)
         return out

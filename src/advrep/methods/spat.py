@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models.heads import CosineHead
 from ..tensors import fp32
+from ..attacks.losses import clean_targets
 from .base import Method, MethodConfig, accuracy, bn_mode
 from .registry import register
 
@@ -110,8 +111,8 @@ class Spat(Method):
 
     def perturb(self, model, x, y, threat):
         c = self.cfg
-        with bn_mode(model, c.attack_bn), torch.no_grad():
-            clean = self._cosines(model, model(x))
+        with bn_mode(model, c.attack_bn):
+            clean = self._cosines(model, clean_targets(model, x))  # fp32, no gradients
 
         def objective(logits, _y):
             return pair_consistency(clean, self._cosines(model, logits), c.n, c.s)

@@ -23,8 +23,7 @@ Example::
 
 from dataclasses import dataclass
 
-import torch
-
+from ..attacks.losses import clean_targets
 from .base import Method, MethodConfig, accuracy, bn_mode, ce, kl_batchmean
 from .registry import register
 
@@ -42,8 +41,8 @@ class Trades(Method):
     source = "Zhang et al., ICML 2019 (arXiv 1901.08573), official code"
 
     def perturb(self, model, x, y, threat):
-        with bn_mode(model, self.cfg.attack_bn), torch.no_grad():
-            clean_logits = model(x)
+        with bn_mode(model, self.cfg.attack_bn):
+            clean_logits = clean_targets(model, x)  # fp32, no gradients
         return self.attack(model, x, y, threat, loss="kl", random_start="normal", clean_logits=clean_logits)
 
     def loss(self, p, y):

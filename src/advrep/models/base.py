@@ -108,7 +108,8 @@ class Classifier(nn.Module):
     def capture(self, paths: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
         """A dict that receives the output of each module in ``paths`` (the last one, if a
         module runs twice) during the forward passes inside the block: forward hooks, so the
-        architectures' forward code stays single."""
+        architectures' forward code stays single. A compiled graph does not run hooks added
+        after it was made: run eager code inside the block (:func:`compiling.eager_forward_features`)."""
         outputs: dict[str, torch.Tensor] = {}
         modules = []
         for path in paths:
@@ -126,7 +127,10 @@ class Classifier(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The output of every stage in ``stage_paths``, then ``features`` and ``logits``, from
-        one pass."""
+        one pass. It runs the eager ``forward_features`` even on a compiled model: a compiled
+        graph does not run hooks added after it was made."""
+        from ..compiling import eager_forward_features
+
         with self.capture(self.stage_paths) as outputs:
-            h, logits = self.forward_features(x)
+            h, logits = eager_forward_features(self)(x)
         return {**outputs, "features": h, "logits": logits}
