@@ -303,3 +303,106 @@ def test_python_train_with_ema_evaluates_and_returns_the_ema_weights(tiny_mnist,
     ema = _tensors(run.dir / "best.ema.safetensors")
     assert torch.equal(run.model().state_dict()[HEAD], ema[HEAD])
     assert not torch.equal(run.model(weights="raw").state_dict()[HEAD], ema[HEAD])
+
+
+# ------------------------------------------------------------------------ logging sinks
+
+
+def test_sink_rows_are_flat_scalars():
+    from advrep.sinks import scalars
+
+    row = {"epoch": 3, "lr": 0.1, "loss": 0.5, "eps": 0.3, "train_time_s": 9.0, "val_robust": 0.25,
+           "readouts": {"feature_shift": {"mean": 1.5, "per_class": [1, 2]}, "name": "x", "ok": True}}
+    assert scalars(row) == {"lr": 0.1, "loss": 0.5, "eps": 0.3, "val_robust": 0.25,
+                            "readouts/feature_shift/mean": 1.5, "readouts/ok": 1.0}
+
+
+def test_a_missing_logging_package_is_one_clear_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    from advrep import sinks
+
+    real = importlib.import_module
+
+    def without(name, *args):
+        if name in ("tensorboard", "wandb"):
+            raise ImportError(f"No module named '{name}'")
+        return real(name, *args)
+
+    monkeypatch.setattr(sinks.importlib, "import_module", without)
+    for sink in ("tensorboard", "wandb"):
+        out = tmp_path / sink
+        assert main(["train", "--quiet", "--out", str(out), "--data-dir", str(tmp_path / "no-data"),
+                     f"--train.log={sink}"]) == 2
+        err = capsys.readouterr().err
+        assert f"train.log={sink} needs the {sink} package" in err and f"advrep[{sink}]" in err
+        assert not out.exists()
+    with pytest.raises(ConfigError, match="train.log"):
+        config.load(None, ["--train.log=mlflow"])
+
+
+@pytest.mark.slow
+def test_tensorboard_sink_writes_every_epoch_read_back(tiny_mnist, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra (pip install 'advrep[tensorboard]') is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert main(tiny_command(tiny_mnist, run, "--train.log=tensorboard", "--train.epochs=2",
+                             "--eval.after_train=false", "--train.readouts=[feature_shift]")) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "lr", "eps", "val_clean", "val_robust"} <= tags
+    assert any(t.startswith("readouts/") for t in tags), tags
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = events.Scalars("val_robust")
+    assert [e.step for e in logged] == [1, 2]
+    assert [e.value for e in logged] == pytest.approx([r["val_robust"] for r in rows])
+
+
+@pytest.mark.slow
+def test_wandb_sink_writes_an_offline_run(tiny_mnist, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the wandb extra (pip install 'advrep[wandb]') is not installed")
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    assert main(tiny_command(tiny_mnist, run, "--train.log=wandb", "--train.epochs=2", "--eval.after_train=false")) == 0
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, list((run / "wandb").iterdir())
+    history = wandb_history(next(offline[0].glob("run-*.wandb")))
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["_step"] for h in history] == [1, 2]
+    for h, r in zip(history, rows):
+        assert {k: h[k] for k in ("loss", "lr", "eps", "val_clean", "val_robust")} == pytest.approx(
+            {k: r[k] for k in ("loss", "lr", "eps", "val_clean", "val_robust")})
+
+
+def wandb_history(path):
+    """The logged rows of an offline W&B run file: LevelDB-log records (32 KiB blocks, 7-byte record
+    headers: crc, length, type 1 full / 2 first / 3 middle / 4 last) after a 7-byte W&B header, each a
+    wandb_internal Record protobuf."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block, pos, records, pending = path.read_bytes(), 32768, 7, [], b""
+    assert raw[:4] == b":W&B", "not a W&B run file"
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        pending = data if kind in (1, 2) else pending + data
+        if kind in (1, 4):
+            records.append(pending)
+    history = []
+    for data in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return history
