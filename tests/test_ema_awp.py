@@ -7,6 +7,7 @@ by step on a tiny float64 network and compares advrep's step with it.
 """
 
 import copy
+from pathlib import Path
 import json
 import shutil
 
@@ -406,3 +407,66 @@ def wandb_history(path):
         if record.WhichOneof("record_type") == "history":
             history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
     return history
+
+
+@pytest.mark.slow
+def test_a_kill_around_any_ema_file_operation_is_recovered_bit_identically(tiny_mnist, tmp_path):
+    """The commit protocol with the EMA file in the set (tests/test_reliability.py's injector, narrowed
+    to the renames and links of .ema. files around the commit of the last of 2 epochs): each copy is
+    resumed and must end as the uninterrupted run."""
+    from advrep import fileops
+    from advrep.runs import POINTER, Run
+
+    extra = ["--train.ema=0.9", "--train.awp_gamma=0.01", "--train.epochs=2"]
+    ref, copies = tmp_path / "ref", tmp_path / "copies"
+    copies.mkdir()
+    ops = ("write_with", "append_line", "link", "remove", "_rename")
+    real = {name: getattr(fileops, name) for name in ops}
+    commits, points, last = [0], [], [None]
+
+    def snapshot(label):
+        state = sorted((str(p.relative_to(ref)), p.stat().st_size, p.read_bytes()) for p in ref.rglob("*")
+                       if p.is_file() and p.name != ".lock")
+        if state != last[0]:
+            last[0] = state
+            shutil.copytree(ref, copies / f"{len(points):02d}", ignore=shutil.ignore_patterns(".lock"))
+            points.append(label)
+
+    def wrap(name):
+        def op(*args, **kwargs):
+            target = Path(args[-1] if name in ("_rename", "link") else args[0]).name
+            watched = ".ema." in target and name in ("_rename", "link") and ("e0002" in target or commits[0] == 2)
+            if watched:
+                snapshot(f"before {name} {target}")
+            out = real[name](*args, **kwargs)
+            if watched:
+                snapshot(f"after {name} {target}")
+            if name == "_rename" and target == POINTER:
+                commits[0] += 1
+            return out
+        return op
+
+    try:
+        for name in ops:
+            setattr(fileops, name, wrap(name))
+        assert main(tiny_command(tiny_mnist, ref, *extra)) == 0
+    finally:
+        for name, fn in real.items():
+            setattr(fileops, name, fn)
+    assert len(points) >= 4, points
+    print(f"\n{len(points)} kill points: {points}")
+
+    def outcome(run):
+        rows = [{k: v for k, v in r.items() if k != "train_time_s"} for r in Run(run).metrics()]
+        return ({k: v for name in ("last.safetensors", "last.ema.safetensors", "best.ema.safetensors")
+                 for k, v in ((f"{name}:{k}", v) for k, v in _tensors(run / name).items())},
+                rows, json.loads((run / "report.json").read_text())["clean_acc"])
+
+    expected = outcome(ref)
+    for k, label in enumerate(points):
+        run = copies / f"{k:02d}"
+        assert main(["train", "--quiet", "--resume", str(run)]) == 0, label
+        weights, rows, clean = outcome(run)
+        assert weights.keys() == expected[0].keys(), label
+        assert all(torch.equal(weights[key], expected[0][key]) for key in weights), f"weights differ: {label}"
+        assert (rows, clean) == expected[1:], label
