@@ -260,6 +260,7 @@ def test_ema_and_awp_run_resume_bit_identically_and_evaluate_the_ema_weights(tin
              "--train.awp_warmup=1"]
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(tiny_command(tiny_mnist, full, *extra)) == 0
+    assert "EMA weights)" in capsys.readouterr().out, "the printed table says which weights ran"
     assert main(tiny_command(tiny_mnist, part, *extra, "--train.stop_after=1", "--eval.after_train=false")) == 0
     assert main(["train", "--quiet", "--resume", str(part), "--train.stop_after=2", "--eval.after_train=true"]) == 0
     for name in ("last.safetensors", "last.optim.safetensors", "last.ema.safetensors", "best.ema.safetensors"):
