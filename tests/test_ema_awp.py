@@ -295,6 +295,18 @@ def test_ema_and_awp_run_resume_bit_identically_and_evaluate_the_ema_weights(tin
 
 
 @pytest.mark.slow
+def test_ema_is_passive_the_trained_weights_are_those_of_a_run_without_it(tiny_mnist, tmp_path):
+    runs = {}
+    for name, extra in (("plain", []), ("ema", ["--train.ema=0.9"])):
+        runs[name] = tmp_path / name
+        assert main(tiny_command(tiny_mnist, runs[name], "--train.epochs=2", "--eval.after_train=false", *extra)) == 0
+    plain, ema = _tensors(runs["plain"] / "last.safetensors"), _tensors(runs["ema"] / "last.safetensors")
+    assert all(torch.equal(plain[k], ema[k]) for k in plain), "validating the EMA changed the training"
+    averaged = _tensors(runs["ema"] / "last.ema.safetensors")
+    assert not torch.equal(averaged[HEAD], ema[HEAD])
+
+
+@pytest.mark.slow
 def test_python_train_with_ema_evaluates_and_returns_the_ema_weights(tiny_mnist, tmp_path):
     from conftest import QUICKSTART
 
