@@ -278,6 +278,10 @@ def test_ema_and_awp_run_resume_bit_identically_and_evaluate_the_ema_weights(tin
     # advrep eval chooses the set; asking a run without EMA for it is one clear line
     assert main(["eval", str(full), "--quiet", "--out", str(tmp_path / "raw"), "--eval.weights=raw"]) == 0
     assert json.loads((tmp_path / "raw" / "report.json").read_text())["weights"] == "raw"
+    # so do advrep analyze and compare (through analysis.load_run)
+    assert main(["analyze", str(full), "--quiet", "--n", "16", "--embedding", "pca", "--readouts=[]",
+                 "--eval.weights=raw", "--out", str(tmp_path / "analysis")]) == 0
+    assert json.loads((tmp_path / "analysis" / "analysis.json").read_text())["weights"] == "raw"
     # the Python API sees the same sets
     for weights, state in (("ema", ema), ("raw", raw), (None, ema)):
         model = advrep.load(full, checkpoint="last", weights=weights)
