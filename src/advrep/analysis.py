@@ -247,7 +247,8 @@ def write(out_dir: Path, result: dict, figures: dict) -> dict:
 
 def load_run(run_dir: Path, overrides=(), progress: bool = True):
     """``(cfg, model, meta, splits, device)`` of a run directory's chosen checkpoint
-    (``eval.checkpoint``), with the dataset-dependent config autos resolved."""
+    (``eval.checkpoint``, with the weights ``eval.weights`` chooses: auto is the EMA network when the
+    run has one), with the dataset-dependent config autos resolved."""
     from . import config as config_mod
     from .factory import load_data, model_from_checkpoint, resolve_device
     from .runs import Run
@@ -258,7 +259,7 @@ def load_run(run_dir: Path, overrides=(), progress: bool = True):
     device = resolve_device(cfg.device)
     splits = load_data(cfg.data, progress=progress)
     cfg = config_mod.resolve(cfg, splits.info)
-    model, meta = model_from_checkpoint(stem, device)
+    model, meta = model_from_checkpoint(stem, device, cfg.eval.weights)
     return cfg, model, meta, splits, device
 
 
@@ -282,7 +283,8 @@ def analyze_run(run_dir: Path, overrides=(), out_dir: Path | None = None, readou
                   step_size=cfg.eval.pgd_step_size, steps=cfg.eval.pgd_steps, device=device,
                   batch_size=cfg.eval.batch_size)
     result, figures = analyze(probe, names, embedding)
-    context = {"run": str(run_dir), "checkpoint": cfg.eval.checkpoint, "epoch": meta.get("epoch"),
+    context = {"run": str(run_dir), "checkpoint": cfg.eval.checkpoint, "weights": meta["loaded_weights"],
+               "epoch": meta.get("epoch"),
                "method": meta.get("method"), "architecture": meta["arch"], "dataset": splits.info.name}
     result = {**context, **result, "advrep_version": __version__, "torch_version": torch.__version__,
               "device": str(device), "time_s": round(time.time() - t0, 1)}

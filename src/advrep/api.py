@@ -33,16 +33,18 @@ def evaluate_checkpoint(ckpt: Path, cfg, splits, device, out_dir: Path, progress
     """Evaluate checkpoint ``ckpt`` (or ``model`` with its ``meta``) under ``cfg`` on the test
     split; write the report to ``out_dir`` (under the writer lock of ``run`` when the report
     goes into that run's directory) and return it. ``label`` is how the report names the
-    checkpoint (default: its path)."""
+    checkpoint (default: its path). ``cfg.eval.weights`` chooses the checkpoint's weight set (raw,
+    ema; auto: EMA when present); the report's ``weights`` says which ran."""
     if model is None:
-        model, meta = model_from_checkpoint(ckpt, device)
+        model, meta = model_from_checkpoint(ckpt, device, cfg.eval.weights)
     cfg = config_mod.resolve(cfg, splits.info)
     torch.manual_seed(cfg.seed)  # the attacks' random starts: a report is reproducible, whatever ran before
     progress = progress and distributed.is_main()
     if not distributed.is_main():  # the attacks are split over the ranks; checks and corruptions run on rank 0
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, checks=False, corruptions="none"))
     context = {"architecture": meta["arch"], "dataset": splits.info.name, "method": meta.get("method"),
-               "checkpoint": label or str(ckpt), "epoch": meta.get("epoch"), **provenance()}
+               "checkpoint": label or str(ckpt), "epoch": meta.get("epoch"),
+               "weights": meta.get("loaded_weights", "raw"), **provenance()}
     names = [*(readouts_of(meta["method"]) if meta.get("method") else ()), *cfg.eval.readouts]
     writes_run = run is not None and Path(out_dir).resolve() == run.path.resolve() and distributed.is_main()
     # the run's lock from before the attacks: a second writer is told at once, not after the evaluation
@@ -193,10 +195,12 @@ def method(name: str, terms: dict | None = None, **hparams) -> "methods.Method":
 
 
 def load(target: str | Path, *, checkpoint: str = "best", device: str | torch.device = "cpu",
-         model: torch.nn.Module | None = None) -> torch.nn.Module:
+         model: torch.nn.Module | None = None, weights: str | None = None) -> torch.nn.Module:
     """The network of a run directory (its ``checkpoint``: best or last) or of a checkpoint file,
     in eval mode on ``device``, ready to evaluate. ``model``: load the weights into this network
-    of one's own instead of the one the checkpoint describes.
+    of one's own instead of the one the checkpoint describes. ``weights``: ``"raw"`` (the trained
+    weights), ``"ema"`` (their moving average, for runs trained with ``train={"ema": ...}``) or
+    None (the EMA weights when the checkpoint has them, as the evaluation does).
 
     Example::
 
@@ -209,8 +213,8 @@ def load(target: str | Path, *, checkpoint: str = "best", device: str | torch.de
     device = resolve_device(str(device))
     stem, _ = resolve_checkpoint(Path(target), checkpoint)
     if model is None:
-        return model_from_checkpoint(stem, device)[0]
-    state, meta, _ = checkpoint_mod.load(stem, optimizer=False)
+        return model_from_checkpoint(stem, device, weights)[0]
+    state, meta, _ = checkpoint_mod.load(stem, optimizer=False, weights=weights)
     checkpoint_mod.load_state_checked(model, state, str(stem), meta["arch"])
     return model.to(device).eval()
 
@@ -225,9 +229,11 @@ class Result:
     report: Report | None
     _model: torch.nn.Module | None = dataclasses.field(default=None, repr=False)
 
-    def model(self, checkpoint: str = "best", device: str | torch.device = "cpu") -> torch.nn.Module:
-        """The trained network (its best checkpoint by default), in eval mode."""
-        return load(self.dir, checkpoint=checkpoint, device=device, model=self._model)
+    def model(self, checkpoint: str = "best", device: str | torch.device = "cpu",
+              weights: str | None = None) -> torch.nn.Module:
+        """The trained network (its best checkpoint by default; its EMA weights when it has them,
+        unless ``weights="raw"``), in eval mode."""
+        return load(self.dir, checkpoint=checkpoint, device=device, model=self._model, weights=weights)
 
 
 def _tensor_data(data, folder: Path) -> str:
@@ -307,17 +313,20 @@ def train(config: str | Path | None = None, *, out: str | Path | None = None, re
             tag = trainer.cfg.eval.checkpoint
             report = Report(evaluate_checkpoint(Run(run_dir).checkpoint(tag), trainer.cfg, trainer.splits,
                                                 trainer.device, run_dir, progress=progress, label=str(run_dir / tag),
-                                                run=trainer.run, model=load(run_dir, checkpoint=tag, model=model)
+                                                run=trainer.run, model=load(run_dir, checkpoint=tag, model=model,
+                                                                            weights=trainer.cfg.eval.weights)
                                                 if model is not None else None,
-                                                meta=_meta_of(run_dir, tag) if model is not None else None))
+                                                meta=_meta_of(run_dir, tag, trainer.cfg.eval.weights)
+                                                if model is not None else None))
     finally:
         if trainer.run is not None:
             trainer.run.release()
     return Result(Path(run_dir), summary, Run(run_dir).metrics(), report, model)
 
 
-def _meta_of(run_dir: Path, tag: str) -> dict:
+def _meta_of(run_dir: Path, tag: str, weights: str | None) -> dict:
     from . import checkpoint as checkpoint_mod
     from .runs import Run
 
-    return checkpoint_mod.read_meta(Run(run_dir).checkpoint(tag))
+    meta = checkpoint_mod.read_meta(Run(run_dir).checkpoint(tag))
+    return {**meta, "loaded_weights": checkpoint_mod.chosen_weights(meta, weights)}

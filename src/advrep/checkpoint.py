@@ -3,6 +3,9 @@
 A checkpoint ``<dir>/<tag>`` is
 - ``<tag>.safetensors``: the model's state dict, exactly (loadable by any safetensors user);
 - ``<tag>.optim.safetensors``: optimizer tensors (only for ``last``, which resume needs);
+- ``<tag>.ema.safetensors``: with ``--train.ema``, the EMA network's state dict (the averaged
+  parameters, the raw network's BatchNorm buffers; :mod:`advrep.ema`); ``<tag>.safetensors``
+  stays the raw network, which resume continues; the sidecar's ``weights`` lists the sets;
 - ``<tag>.json``: architecture, head, normalization, method, threat model, the resolved
   config, library and torch versions, epoch, best validation robust accuracy.
 
@@ -31,6 +34,7 @@ from . import fileops
 from .errors import CheckpointError
 
 FORMAT = "advrep-checkpoint/1"
+WEIGHTS = ("raw", "ema")  # the weight sets a checkpoint can hold
 
 
 def _tensors(state: dict) -> dict[str, torch.Tensor]:
@@ -69,14 +73,19 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 
 
 def save(directory: str | Path, tag: str, model: torch.nn.Module, meta: dict,
-         optimizer: torch.optim.Optimizer | None = None) -> None:
+         optimizer: torch.optim.Optimizer | None = None, ema: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the set ``tag``: the model, the optimizer (if given), the EMA network's state dict
+    ``ema`` (if given) and the sidecar, last."""
     directory = Path(directory)
     with fileops.storage_errors(directory):
         directory.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
-    meta = {"format": FORMAT, **meta, "token": token}
+    meta = {"format": FORMAT, **meta, "weights": ["raw", "ema"] if ema is not None else ["raw"], "token": token}
     files = [(directory / f"{tag}.safetensors",
               lambda p: save_file(_tensors(model.state_dict()), str(p), metadata={"token": token}))]
+    if ema is not None:
+        files.append((directory / f"{tag}.ema.safetensors",
+                      lambda p: save_file(_tensors(ema), str(p), metadata={"token": token})))
     if optimizer is not None:
         opt_tensors, opt_rest = _split_optimizer(optimizer.state_dict())
         meta["optimizer"] = opt_rest
@@ -105,7 +114,7 @@ def read_meta(path: str | Path) -> dict:
 
 def stem(path: str | Path) -> Path:
     path = Path(path)
-    for suffix in (".optim.safetensors", ".safetensors", ".json"):
+    for suffix in (".optim.safetensors", ".ema.safetensors", ".safetensors", ".json"):
         if path.name.endswith(suffix):
             return path.with_name(path.name[: -len(suffix)])
     return path
@@ -126,12 +135,33 @@ def _load_tensors(path: Path, token: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load(path: str | Path, optimizer: bool = True) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
+def has_ema(meta: dict) -> bool:
+    return "ema" in meta.get("weights", ())
+
+
+def chosen_weights(meta: dict, weights: str | None, where: str = "the checkpoint") -> str:
+    """``raw`` or ``ema``: ``weights`` as asked, or, for None (auto), ``ema`` when the checkpoint
+    holds EMA weights. Asking for EMA weights a checkpoint lacks is one clear error."""
+    if weights is None:
+        return "ema" if has_ema(meta) else "raw"
+    if weights not in WEIGHTS:
+        raise CheckpointError(f"unknown weights '{weights}'; use one of: {', '.join(WEIGHTS)}")
+    if weights == "ema" and not has_ema(meta):
+        raise CheckpointError(f"{where} holds no EMA weights (it was trained without --train.ema); "
+                              "use --eval.weights=raw")
+    return weights
+
+
+def load(path: str | Path, optimizer: bool = True, weights: str | None = "raw"
+         ) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
     """Return ``(model_state, meta, optimizer_state or None)`` of an advrep checkpoint; with
-    ``optimizer=False`` the optimizer file is not read (a model to evaluate needs none)."""
+    ``optimizer=False`` the optimizer file is not read (a model to evaluate needs none).
+    ``weights``: ``raw`` (the trained network, what resume continues), ``ema`` (the moving
+    average; an error if the checkpoint has none) or None (auto: ``ema`` when present)."""
     base = stem(path)
     meta = read_meta(base)
-    state = _load_tensors(base.with_name(base.name + ".safetensors"), meta["token"])
+    suffix = ".ema.safetensors" if chosen_weights(meta, weights, str(base)) == "ema" else ".safetensors"
+    state = _load_tensors(base.with_name(base.name + suffix), meta["token"])
     opt = None
     if optimizer and "optimizer" in meta:
         opt_tensors = _load_tensors(base.with_name(base.name + ".optim.safetensors"), meta["token"])

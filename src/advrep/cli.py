@@ -2,7 +2,7 @@
 
     advrep train [--config RECIPE] [--data-dir DIR] [--out RUN_DIR] [--section.key=value ...]
     advrep train --resume RUN_DIR [--section.key=value ...]
-    advrep eval RUN_DIR|CHECKPOINT [--n N] [--checkpoint best|last] [--section.key=value ...]
+    advrep eval RUN_DIR|CHECKPOINT [--n N] [--checkpoint best|last] [--eval.weights=raw|ema] [--section.key=value ...]
     advrep eval --weights FILE --arch NAME --dataset NAME [--normalization none|dataset|NAME]
     advrep list [datasets|models|heads|methods|terms|attacks] [--markdown]
     advrep analyze RUN_DIR [--n N] [--checkpoint best|last] [--out DIR] [--readouts=[...]] [--embedding tsne|pca]
@@ -27,7 +27,7 @@ from .errors import AdvrepError, CheckpointError, ConfigError
 # What an override may set, per command: a key that changes nothing in a command is an error, not
 # silence (an evaluation does not train, a resumed run cannot change what it trains).
 READ_ONLY = ("data.", "eval.", "threat.", "device", "seed")
-NOT_ON_RESUME = ("model.", "data.dataset", "data.val_size", "data.split_seed", "method.name")
+NOT_ON_RESUME = ("model.", "data.dataset", "data.val_size", "data.split_seed", "method.name", "train.ema")
 
 
 def _check_applies(key: str, command: str) -> None:
@@ -190,6 +190,9 @@ def _eval_foreign(args, overrides) -> int:
                           "expects normalized inputs)")
     cfg = config_mod.load(None, overrides + [f"--model.arch={args.arch}",
                                              f"--model.normalization={args.normalization}"])
+    if cfg.eval.weights == "ema":
+        raise CheckpointError(f"--weights {args.weights} is one state dict, with no EMA weights; drop "
+                              "--eval.weights=ema")
     device = distributed.setup(resolve_device(cfg.device))
     # check the weights before the (slower) data load where the dataset's facts are known
     splits = None if cfg.data.dataset != "npz" else load_data(cfg.data, progress=not args.quiet)

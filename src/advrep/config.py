@@ -89,6 +89,15 @@ class TrainConfig:
     channels_last: Literal["auto", "on", "off"] = "auto"
     # torch.compile the model's forward once per run (a torch.compile mode; reduce-overhead adds CUDA graphs)
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    # exponential moving average of the weights (advrep.ema), e.g. 0.999; 0 = off. When on, the EMA
+    # network is what validation, best-checkpoint selection and the evaluation use.
+    ema: Annotated[float, Range(0, 1, hi_open=True)] = 0.0
+    ema_warmup: bool = False  # decay min(ema, (1 + t)/(10 + t)) at optimizer step t
+    # adversarial weight perturbation (advrep.awp), AWP's gamma; 0 = off. The authors use 1e-2 for
+    # PGD-AT (no warm-up) and 5e-3 after 10 epochs for TRADES.
+    awp_gamma: NonNegativeFloat = 0.0
+    awp_warmup: NonNegativeInt = 0  # epochs of training before AWP starts
+    log: Literal["none", "tensorboard", "wandb"] = "none"  # an extra sink for each epoch's metrics (advrep.sinks)
 
 
 @dataclass
@@ -113,6 +122,7 @@ class EvalConfig:
     corruptions_dir: Optional[str] = None  # CIFAR-10-C / CIFAR-100-C folder, for corruptions=official
     readouts: list[str] = field(default_factory=list)  # report read-outs beyond the method's own
     checkpoint: Literal["best", "last"] = "best"
+    weights: Optional[Literal["raw", "ema"]] = None  # auto: the EMA weights when the checkpoint has them
     after_train: bool = True  # `advrep train` evaluates the chosen checkpoint at the end
 
 
@@ -242,6 +252,10 @@ def from_dict(tree: dict) -> Config:
     model = sections["model"]
     built.check_model(model)  # a head, head option or RA the method cannot take: fail at start-up
     sections["model"] = dataclasses.replace(model, head_args={**built.head_args(), **model.head_args})
+    if sections["train"].awp_gamma > 0 and not built.adversarial:
+        raise ConfigError(f"train.awp_gamma perturbs the weights against the adversarial batch, and method "
+                          f"'{built.name}' trains on clean images only; set --train.awp_gamma=0 or choose an "
+                          "adversarial method (pgd-at, trades, ...)")
     top = build(Config, tree, "")
     return validate(dataclasses.replace(top, method=method, terms=terms, **sections))
 

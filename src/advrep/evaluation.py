@@ -225,7 +225,8 @@ def format_table(report: dict) -> str:
         lines.append(f"{row['label']:<{width}} {100 * row['acc']:8.2f}%   [{100 * lo:.1f}, {100 * hi:.1f}]")
     eps = report["eps"]
     eps_text = f"{eps * 255:.3g}/255" if report["threat_model"] == "Linf" and eps < 0.1 else f"{eps:g}"
-    lines.append(f"({report['n']} test images, {report['threat_model']} eps {eps_text})")
+    weights = ", EMA weights" if report.get("weights") == "ema" else ""
+    lines.append(f"({report['n']} test images, {report['threat_model']} eps {eps_text}{weights})")
     if "autoattack" in report:
         aa = report["autoattack"]
         lines.append(f"AutoAttack: {aa['backend']} {aa['backend_version']}, {aa['version']} "
@@ -251,7 +252,7 @@ def write_report(directory: str | Path, report: dict) -> None:
     for row in report["attacks"].values():
         lo, hi = row["ci95"]
         body.append(f"| {row['label']} | {100 * row['acc']:.2f}% | {100 * lo:.1f}–{100 * hi:.1f}% | {row['n']} |")
-    facts = [f"- {k}: {report[k]}" for k in ("dataset", "checkpoint", "threat_model", "eps", "device",
+    facts = [f"- {k}: {report[k]}" for k in ("dataset", "checkpoint", "weights", "threat_model", "eps", "device",
                                              "advrep_version", "torch_version", "time_s") if k in report]
     sections = []
     if "checks" in report:

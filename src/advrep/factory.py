@@ -80,9 +80,13 @@ def build_model(cfg: ModelConfig, info: data.DatasetInfo) -> torch.nn.Module:
     return ra.enable(model, cfg.ra_weight) if cfg.ra else model
 
 
-def model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the network an advrep checkpoint describes and load its weights."""
-    state, meta, _ = checkpoint.load(path, optimizer=False)
+def model_from_checkpoint(path: str | Path, device: torch.device, weights: str | None = None
+                          ) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the network an advrep checkpoint describes and load its weights: ``weights``
+    ``raw``, ``ema`` or None (auto: the EMA weights when the checkpoint has them). The returned
+    meta's ``loaded_weights`` says which."""
+    state, meta, _ = checkpoint.load(path, optimizer=False, weights=weights)
+    meta = {**meta, "loaded_weights": checkpoint.chosen_weights(meta, weights)}
     if meta["arch"] == "custom":
         raise CheckpointError(f"{path} holds the weights of a network of your own, which advrep cannot build; "
                               "load them into it with advrep.load(path, model=YourNetwork())")

@@ -4,7 +4,8 @@ Layout of ``RUN/`` (``advrep train`` writes it, every other command reads it thr
 
     config.yaml          the resolved config (first line marks the folder as an advrep run)
     metrics.jsonl        one row per finished epoch
-    checkpoints/eNNNN.*  each epoch's checkpoint set: .safetensors (model), .optim.safetensors, .json
+    checkpoints/eNNNN.*  each epoch's checkpoint set: .safetensors (model), .optim.safetensors, .json,
+                         and with --train.ema .ema.safetensors (the EMA network)
     checkpoints.json     the commit point: which set is ``last`` and which is ``best``
     last.*, best.*       the same files under their usual names (hard links, for other tools)
     report.json/.md      the evaluation
@@ -46,7 +47,7 @@ POINTER = "checkpoints.json"
 SETS = "checkpoints"
 TAGS = ("last", "best")
 MARKER = "# advrep run directory"
-SUFFIXES = (".safetensors", ".optim.safetensors", ".json")
+SUFFIXES = (".safetensors", ".optim.safetensors", ".ema.safetensors", ".json")
 
 
 @functools.lru_cache(maxsize=1)
@@ -275,12 +276,13 @@ class Run:
     def append_metrics(self, row: dict) -> None:
         fileops.append_line(self.path / "metrics.jsonl", json.dumps(row))
 
-    def commit(self, epoch: int, model, meta: dict, optimizer, improved: bool) -> None:
-        """Write epoch ``epoch``'s set and commit it as ``last`` (and ``best`` when ``improved``)."""
+    def commit(self, epoch: int, model, meta: dict, optimizer, improved: bool, ema: dict | None = None) -> None:
+        """Write epoch ``epoch``'s set and commit it as ``last`` (and ``best`` when ``improved``);
+        ``ema``: the EMA network's state dict, written into the set beside the model's."""
         name = f"e{epoch:04d}"
         previous = self.pointer()
         try:
-            checkpoint.save(self.path / SETS, name, model, {**meta, **provenance()}, optimizer)
+            checkpoint.save(self.path / SETS, name, model, {**meta, **provenance()}, optimizer, ema)
             pointer = {"format": "advrep-checkpoints/1", "epoch": epoch, "last": name,
                        "best": name if improved or previous is None else previous["best"],
                        "best_epoch": epoch if improved or previous is None else previous["best_epoch"]}

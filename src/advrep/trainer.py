@@ -7,6 +7,13 @@ the loop never waits on the GPU inside an epoch. At each epoch's end: validation
 and PGD on a held-out slice of the *training* set), a row in ``metrics.jsonl``, the ``last``
 checkpoint and, when the validation robust accuracy improves, ``best``.
 
+Two additions compose with every adversarial method: a moving average of the weights
+(``train.ema``, :mod:`advrep.ema`), which then is what validation, best-checkpoint selection and
+the evaluation use, and adversarial weight perturbation (``train.awp_gamma``, :mod:`advrep.awp`),
+applied around each step's loss after ``train.awp_warmup`` epochs. With ``train.log`` each
+epoch's row also goes to TensorBoard or W&B (:mod:`advrep.sinks`); ``metrics.jsonl`` stays the
+record.
+
 Determinism: the trainer reseeds torch from ``(seed, epoch)`` at the start of every epoch and
 the loader draws its order from the same pair, so ``--resume`` from the last checkpoint ends
 with the same weights as an uninterrupted run (bit-identical on the CPU).
@@ -19,6 +26,7 @@ split over the ranks, and rank 0 alone writes the run directory while the others
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -27,11 +35,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__, checkpoint, distributed, readouts
+from . import __version__, awp, checkpoint, distributed, readouts, sinks
 from .compiling import compile_model
 from . import config as config_mod
 from .config import Config, TrainConfig
 from .data.loader import epoch_seed
+from .ema import WeightEMA
 from .errors import ConfigError, TrainingError
 from .factory import build_model, fast_path, load_data, normalization, resolve_device, split_validation
 from .models.heads import resolved_options
@@ -68,11 +77,38 @@ def _amp_context(dtype, device: torch.device):
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
+def outer_step(method, model: torch.nn.Module, opt: torch.optim.Optimizer, x, x_adv, y, threat, *,
+               train_model: torch.nn.Module | None = None, amp=None, awp_gamma: float = 0.0,
+               awp_names: list[str] = (), projected=()) -> tuple[torch.Tensor, dict]:
+    """The outer minimization of one training step: the method's loss at ``x_adv`` (through
+    ``train_model``, the DDP wrapper under torchrun), backward, optimizer step; returns ``(loss,
+    metrics)``. With ``awp_gamma`` (:mod:`advrep.awp`) the loss and its gradient are taken at the
+    weights perturbed along ``awp_names``, and the perturbation is removed after the step (then
+    the ``projected`` modules' rows are put back on their sphere)."""
+    train_model = model if train_model is None else train_model
+    with amp if amp is not None else contextlib.nullcontext():
+        train_model.train()
+        if awp_gamma:  # AWP: the proxy's ascent step gives the perturbation, which is applied
+            v = awp.perturbation(model, lambda: method.objective(model, x, x_adv, y, threat)[0], awp_names,
+                                 reduce=_rank_mean)
+            awp.add(model, v, awp_gamma)
+        loss, metrics = method.objective(train_model, x, x_adv, y, threat)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if awp_gamma:  # removed after the step, as in the authors' code
+        awp.add(model, v, -awp_gamma)
+        for module in projected:
+            module.project_()
+    return loss, metrics
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  log=print, model: torch.nn.Module | None = None):
         """``model``: a network of one's own (any module mapping [0, 1] images to logits; methods
         that read features need ``forward_features``) instead of the one ``cfg.model`` builds."""
+        sinks.check(cfg.train.log)  # a logging package that is missing stops before anything is written
         self.run_dir = Path(run_dir)
         self.run: Run | None = None  # the run directory's writer (rank 0 only)
         self.progress = progress
@@ -97,9 +133,11 @@ class Trainer:
         if cfg.train.compile != "off":
             compile_model(self.model, cfg.train.compile)
         self.optimizer = build_optimizer(cfg.train, self.model)
-        for module in self.model.modules():  # heads that keep their rows on a sphere
-            if hasattr(module, "project_"):
-                self.optimizer.register_step_post_hook(lambda *_, m=module: m.project_())
+        self.projected = [m for m in self.model.modules() if hasattr(m, "project_")]  # rows kept on a sphere
+        for module in self.projected:
+            self.optimizer.register_step_post_hook(lambda *_, m=module: m.project_())
+        self.ema = WeightEMA(self.model, cfg.train.ema, cfg.train.ema_warmup) if cfg.train.ema else None
+        self.awp_names = awp.perturbed_names(self.model) if cfg.train.awp_gamma else []
         (x_tr, y_tr), (self.x_val, self.y_val) = split_validation(
             self.splits.x_train, self.splits.y_train, cfg.data.val_size, cfg.data.split_seed)
         if cfg.data.train_subset is not None:
@@ -135,6 +173,12 @@ class Trainer:
         if meta["config"]["train"]["optimizer"] != self.cfg.train.optimizer:
             raise ConfigError(f"{self.run_dir} was trained with {meta['config']['train']['optimizer']}; its "
                               f"optimizer state cannot continue as {self.cfg.train.optimizer}")
+        saved_ema = checkpoint.has_ema(meta)
+        if saved_ema != (self.ema is not None):
+            raise ConfigError(f"{self.run_dir} was trained {'with' if saved_ema else 'without'} train.ema; a "
+                              "resumed run keeps it as it was (start a new run with --out to change it)")
+        if self.ema is not None:
+            self.ema.load(checkpoint.load(stem, optimizer=False, weights="ema")[0])
         self.optimizer.load_state_dict(opt_state)
         for group in self.optimizer.param_groups:  # the config's hyperparameters win over the saved ones
             group.update(self.optimizer.defaults)
@@ -176,6 +220,7 @@ class Trainer:
         step_ids = torch.arange(n, device=self.device)  # made once: no host-to-device copy per step
         bar = tqdm(self.loader, total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=None if self.progress and distributed.is_main() else True, leave=False)
+        gamma = cfg.train.awp_gamma if epoch >= cfg.train.awp_warmup else 0.0
         for step, (x, y) in enumerate(bar):
             lr = lr_at(cfg.train, epoch, step / n)
             threat = self.threat_at(epoch, (step + 1) / n)
@@ -185,11 +230,11 @@ class Trainer:
             with _amp_context(self.amp_dtype, self.device):
                 with distributed.global_draws(lo, lo + len(x), len(x) * distributed.world()):
                     x_adv = self.method.perturb(model, x, y, threat)
-                self.train_model.train()
-                loss, metrics = self.method.objective(self.train_model, x, x_adv, y, threat)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, metrics = outer_step(self.method, model, opt, x, x_adv, y, threat, train_model=self.train_model,
+                                       amp=_amp_context(self.amp_dtype, self.device), awp_gamma=gamma,
+                                       awp_names=self.awp_names, projected=self.projected)
+            if self.ema is not None:
+                self.ema.update(model, epoch * n + step + 1)
             finite = torch.isfinite(loss.detach())
             bad_step = torch.where((bad_step < 0) & ~finite, step_ids[step], bad_step)
             for key, value in {"loss": loss.detach(), **metrics}.items():
@@ -206,9 +251,15 @@ class Trainer:
     def validate(self) -> dict:
         """Clean and PGD accuracy on the held-out slice, and the read-outs, from one probe
         ({} when ``data.val_size`` is 0)."""
-        c = self.cfg
         if len(self.x_val) == 0:
             return {}
+        if self.ema is not None:  # the EMA network is the one validated (and selected as best)
+            with self.ema.swapped(self.model):
+                return self._validate()
+        return self._validate()
+
+    def _validate(self) -> dict:
+        c = self.cfg
         attack = dict(norm=c.threat.norm, eps=c.threat.eps, step_size=c.threat.step_size,
                       steps=c.train.val_steps)
         x_adv = None
@@ -229,6 +280,19 @@ class Trainer:
         stop = cfg.train.epochs if cfg.train.stop_after is None else min(
             cfg.train.epochs, self.start_epoch + cfg.train.stop_after)
         t_start = time.time()
+        # the optional TensorBoard / W&B sink, opened here so a Trainer that never fits opens none
+        self.sink = sinks.open_sink(cfg.train.log, self.run_dir, cfg) if distributed.is_main() else None
+        try:
+            self._epochs(stop)
+        finally:
+            if self.sink is not None:
+                self.sink.close()
+        finished = stop == cfg.train.epochs
+        return {"epochs_run": stop - self.start_epoch, "finished": finished,
+                "time_s": round(time.time() - t_start, 1), "best_val_robust": self.best}
+
+    def _epochs(self, stop: int) -> None:
+        cfg = self.cfg
         for epoch in range(self.start_epoch, stop):
             t0 = time.time()
             row = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, 0.0)}
@@ -243,12 +307,16 @@ class Trainer:
                 self.best = row.get("val_robust", self.best)
             if distributed.is_main():
                 self.run.append_metrics(row)
-                self.run.commit(epoch + 1, self.model, self._meta(epoch + 1), self.optimizer, improved)
+                self.run.commit(epoch + 1, self.model, self._meta(epoch + 1), self.optimizer, improved,
+                                self.ema.state_dict(self.model) if self.ema is not None else None)
+                if self.sink is not None:
+                    self.sink.log(row)
                 self.log(_epoch_line(row, cfg.train.epochs))
             distributed.barrier()  # the others go on once the epoch's checkpoint is complete
-        finished = stop == cfg.train.epochs
-        return {"epochs_run": stop - self.start_epoch, "finished": finished,
-                "time_s": round(time.time() - t_start, 1), "best_val_robust": self.best}
+
+
+def _rank_mean(t: torch.Tensor) -> torch.Tensor:
+    return distributed.reduce(t, "mean") if distributed.world() > 1 else t
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
