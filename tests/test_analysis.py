@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,6 +171,51 @@ def test_tsne_separates_two_clusters_and_is_deterministic():
     assert 0 <= kl < 2
     again, _ = analysis.tsne(x, perplexity=10)
     assert torch.equal(y, again)
+
+
+# ----------------------------------------------------------------------------- t-SNE against scikit-learn
+
+
+def _blobs(seed=0, per=25, dim=8):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(per, dim, generator=gen) + 5 * c for c in range(3)]).double()
+
+
+def test_tsne_affinities_equal_scikit_learns():
+    """The joint P of advrep's exact t-SNE is scikit-learn's (its _joint_probabilities: the same
+    bisection on each row's entropy, symmetrized and normalized), to the bisection's tolerance."""
+    from scipy.spatial.distance import squareform
+    from sklearn.manifold._t_sne import _joint_probabilities
+
+    x = _blobs()
+    n, perplexity = len(x), 10.0
+    d2 = torch.cdist(x, x).square()
+    p = analysis.conditional_p(d2, perplexity)
+    ours = ((p + p.T) / (2 * n)).numpy()
+    theirs = squareform(_joint_probabilities(d2.numpy().astype(np.float32), perplexity, 0))
+    off = ~np.eye(n, dtype=bool)
+    assert np.allclose(ours[off], theirs[off], rtol=2e-3, atol=1e-7)
+
+
+def test_tsne_objective_and_result_match_scikit_learns_exact_tsne():
+    """advrep's KL(P‖Q) equals scikit-learn's objective at the same embedding, and reaches the
+    minimum scikit-learn's exact t-SNE (same perplexity, exaggeration, iterations) reaches, with
+    the same neighbourhoods kept (trustworthiness)."""
+    from scipy.spatial.distance import squareform
+    from sklearn.manifold import TSNE, trustworthiness
+    from sklearn.manifold._t_sne import _joint_probabilities, _kl_divergence
+
+    x = _blobs()
+    n, perplexity = len(x), 10.0
+    y, kl = analysis.tsne(x, perplexity=perplexity)
+    p = _joint_probabilities(torch.cdist(x, x).square().numpy(), perplexity, 0)
+    their_kl_at_ours, _ = _kl_divergence(y.numpy().ravel(), p, 1, n, 2)
+    assert kl == pytest.approx(their_kl_at_ours, rel=1e-3)
+    ref = TSNE(perplexity=perplexity, method="exact", init="pca", learning_rate=max(n / 12 / 4, 50.0),
+               max_iter=1000, random_state=0).fit(x.numpy())
+    assert kl <= 1.1 * ref.kl_divergence_ + 0.02, (kl, ref.kl_divergence_)
+    assert trustworthiness(x.numpy(), y.numpy(), n_neighbors=5) >= \
+        trustworthiness(x.numpy(), ref.embedding_, n_neighbors=5) - 0.02
 
 
 # ----------------------------------------------------------------------------- compare, pieces

@@ -9,7 +9,6 @@ samples that survive every attack that ran: the honest single number.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,17 +22,8 @@ from .attacks import ATTACKS
 from .config import EvalConfig, ThreatConfig
 from .errors import CheckpointError, ConfigError
 from .readouts import Probe
+from .stats import wilson_interval
 from .tensors import images, to_float, to_uint8
-
-def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (stays inside [0, 1] at 0% and 100%)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def check_labels(model, x: torch.Tensor, y, device) -> int:
