@@ -15,6 +15,7 @@ from advrep.config import EvalConfig, ThreatConfig
 from advrep.evaluation import evaluate
 from advrep.factory import model_from_checkpoint, model_from_weights
 from advrep.models import create
+from conftest import tiny_command
 
 MNIST_THREAT = ThreatConfig(norm="Linf", eps=0.3, step_size=0.01, steps=40)
 
@@ -241,3 +242,40 @@ def test_report_has_robustbench_keys(mnist_runs):
         assert key in report and report[key] is not None
     cfg = config.load(None, ["--eval.attacks=[pgd,autoattack,mt,square]", "--eval.aa_version=plus"])
     assert cfg.eval.attacks == ["pgd", "autoattack", "mt", "square"] and cfg.eval.aa_version == "plus"
+
+
+# ----------------------------------------------------------------------------- L1, threats, costs
+
+
+def small_linear(side=8, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * side * side, 5)).eval()
+
+
+@pytest.fixture
+def tensors8():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(24, 3, 8, 8, generator=gen)
+    return x, small_linear()(x).argmax(1).detach()  # the model's own labels: 100% clean accuracy
+
+
+def test_l1_evaluation_runs_every_attack_and_check(tensors8):
+    x, y = tensors8
+    threat = ThreatConfig(norm="L1", eps=2.0, step_size=0.5, steps=5)
+    ev = EvalConfig(attacks=["fgsm", "pgd", "cw", "square"], pgd_steps=10, pgd_step_size=0.5, square_queries=50,
+                    checks=True, checks_n=12, corruptions="none", batch_size=12)
+    report = evaluate(small_linear(), x, y, threat=threat, ev=ev, device="cpu", progress=False)
+    assert report["threat_model"] == "L1" and report["eps"] == 2.0 and report["clean_acc"] == 1.0
+    assert report["attacks"]["pgd"]["acc"] < 1.0, "a linear model is not robust at L1 radius 2"
+    assert {"eps_zero", "eps_monotone", "large_eps", "more_steps", "black_box"} <= set(report["checks"])
+    assert report["checks"]["eps_zero"]["passed"] and report["checks"]["large_eps"]["passed"]
+
+
+def test_l1_trains_and_evaluates_from_the_command_line(tiny_mnist, tmp_path):
+    out = tmp_path / "l1"
+    assert main(tiny_command(tiny_mnist, out, "--threat.norm=L1", "--threat.eps=10",
+                             "--eval.attacks=[fgsm,pgd]")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["threat_model"] == "L1" and report["eps"] == 10
+    saved = config.load(out / "config.yaml")
+    assert saved.threat.norm == "L1" and saved.threat.eps == 10

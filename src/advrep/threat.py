@@ -6,7 +6,8 @@
 value from the config's ``threat`` section and, for the eps warm-up, a scaled copy per step, so
 changing the threat model changes one thing.
 
-Norms use RobustBench's names; eps is in pixel units of images in [0, 1].
+Norms use RobustBench's names (``Linf``, ``L2``, and ``L1`` as AutoAttack names it); eps is in
+pixel units of images in [0, 1].
 
 Example::
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-NORMS = ("Linf", "L2")
+NORMS = ("Linf", "L2", "L1")
 FIELDS = ("norm", "eps", "step_size", "steps")
 
 
