@@ -21,6 +21,7 @@ from . import fileops, methods, readouts
 from .attacks import ATTACKS
 from .coercion import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, build, positive
 from .errors import ConfigError
+from .threat import parse_threat
 
 # Threat models of METHODS.md, keyed by dataset family: (train attack, evaluation PGD).
 FAMILY_THREAT = {
@@ -104,6 +105,9 @@ class EvalConfig:
     aa_attacks: list[str] = field(default_factory=list)  # for aa_version=custom: apgd-ce, apgd-t, ...
     square_queries: PositiveInt = 1000
     eps_sweep: list[PositiveFloat] = field(default_factory=list)  # PGD accuracy at each of these eps
+    # more threat models in the same report, each with every attack and its worst case, plus the
+    # per-sample union (robust to all): NORM or NORM:EPS, e.g. [L2:0.5, L1:12]; no EPS: the default
+    threats: list[str] = field(default_factory=list)
     checks: bool = True  # the gradient-masking checks (advrep.checks)
     checks_n: PositiveInt = 200  # on the first checks_n evaluated images
     surrogate: Optional[str] = None  # standard-trained run/checkpoint for the transfer check; None: train one
@@ -257,6 +261,8 @@ def validate(cfg: Config) -> Config:
                                   "images, at most 1 (write 8/255, not 8)")
     for name in cfg.eval.attacks:
         ATTACKS.get(name).check(t, cfg.eval)  # a misspelt or unusable attack fails now, not after training
+    for text in cfg.eval.threats:
+        parse_threat(text)
     return cfg
 
 
@@ -347,10 +353,17 @@ def resolve(cfg: Config, info) -> Config:
                                                                                                  threat.eps, info)
     for eps_swept in cfg.eval.eps_sweep:
         check_radius(threat.norm, eps_swept, info)
+    threats = []
+    for text in cfg.eval.threats:  # each with its eps: the report says what ran
+        norm, eps_t = parse_threat(text)
+        eps_t = default_eps(norm, info) if eps_t is None else eps_t
+        check_radius(norm, eps_t, info)
+        threats.append(f"{norm}:{eps_t!r}")
     ev = dataclasses.replace(
         cfg.eval,
         pgd_steps=fam["eval_steps"] if cfg.eval.pgd_steps is None else cfg.eval.pgd_steps,
         pgd_step_size=eval_step,
+        threats=threats,
     )
     data = dataclasses.replace(cfg.data, augment=cfg.data.augment or info.augment, data_dir=_absolute(cfg.data.data_dir))
     ev = dataclasses.replace(ev, corruptions_dir=_absolute(ev.corruptions_dir), surrogate=_absolute(ev.surrogate))
