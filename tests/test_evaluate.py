@@ -335,3 +335,17 @@ def test_masks_round_trip_and_bad_threats_are_refused():
             config.load(None, [f"--eval.threats={bad}"])
     with pytest.raises(ConfigError, match="L2 has no dataset default"):
         config.resolve(config.load(None, ["--eval.threats=[L2]"]), data.info("cifar10"))
+
+
+def test_black_box_check_is_skipped_with_a_warning_where_square_lacks_the_norm(tensors8, monkeypatch):
+    x, y = tensors8
+
+    def no_square(*args, norm, **kwargs):
+        raise ConfigError(f"the Square Attack of autoattack 0.1 has no {norm} version")
+
+    monkeypatch.setattr(attacks, "square", no_square)
+    ev = EvalConfig(attacks=["pgd"], pgd_steps=3, pgd_step_size=0.5, checks_n=8, batch_size=8)
+    with pytest.warns(UserWarning, match="black_box check skipped: .*no L1 version"):
+        results = checks.run(small_linear(), x[:8], y[:8], threat=ThreatConfig("L1", 2.0, 0.5, 3), ev=ev,
+                             device="cpu", whitebox=torch.zeros(8, dtype=torch.bool))
+    assert "black_box" not in results and results["eps_zero"]["passed"]
