@@ -157,35 +157,43 @@ class PassCounter:
 class StageLog:
     """One line per stage, ``advrep: [2/6] PGD-20 done in 41 s (elapsed 52 s, about 3 min left)``,
     printed to stderr as each stage ends (and when it starts). ``plan`` (from :func:`expected`)
-    gives the estimate: the time so far over the work done so far, times the work left. Silent
-    when ``enabled`` is false."""
+    gives the estimate: the time so far over the work done so far, times the work left. A stage
+    outside the plan (the surrogate's training) is logged without a number and its time kept out
+    of the speed. Silent when ``enabled`` is false."""
 
     def __init__(self, plan: dict | None, enabled: bool = True, stream=None):
         self.plan, self.enabled, self.stream = plan, enabled, stream or sys.stderr
         self.t0, self.done_units, self.done_stages = time.time(), 0.0, 0
+        self.unplanned_s = 0.0  # time in stages outside the plan: not part of the measured speed
         self.total = len(plan["stages"]) if plan else None
 
     def say(self, text: str) -> None:
         if self.enabled:
             print(f"advrep: {text}", file=self.stream, flush=True)
 
+    def _where(self, stage: str, index: int) -> str:
+        """``[i/N] `` for a stage of the plan; nothing for one outside it (the surrogate's training)."""
+        return f"[{index}/{self.total}] " if self.total and self._planned(stage) is not None else ""
+
     def start(self, stage: str) -> float:
-        where = f"[{self.done_stages + 1}/{self.total}] " if self.total else ""
-        self.say(f"{where}{stage} ...")
+        self.say(f"{self._where(stage, self.done_stages + 1)}{stage} ...")
         return time.time()
 
     def end(self, stage: str, started: float, forward: int = 0, backward: int = 0, note: str = "") -> None:
-        self.done_stages += 1
         planned = self._planned(stage)
-        self.done_units += planned if planned is not None else units(forward, backward)
         took, elapsed = time.time() - started, time.time() - self.t0
-        where = f"[{self.done_stages}/{self.total}] " if self.total else ""
+        if planned is not None:
+            self.done_stages += 1
+            self.done_units += planned
+        else:
+            self.unplanned_s += took
         left = ""
         if self.plan and self.done_units > 0:
             remaining = max(self.plan["units"] - self.done_units, 0)
-            left = f", about {_duration(elapsed / self.done_units * remaining)} left" if remaining else ", done"
-        self.say(f"{where}{stage} done in {_duration(took)}{': ' + note if note else ''} "
-                 f"(elapsed {_duration(elapsed)}{left})")
+            rate = max(elapsed - self.unplanned_s, 0.0) / self.done_units
+            left = f", about {_duration(rate * remaining)} left" if remaining else ", done"
+        self.say(f"{self._where(stage, self.done_stages)}{stage} done in {_duration(took)}"
+                 f"{': ' + note if note else ''} (elapsed {_duration(elapsed)}{left})")
 
     def _planned(self, stage: str) -> float | None:
         for s in (self.plan or {}).get("stages", ()):
