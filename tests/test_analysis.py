@@ -247,7 +247,7 @@ def test_table_row_reads_every_column_and_marks_what_is_missing():
 
 
 def _masked_report(flags: dict, digest="d1", **keys):
-    from advrep.evaluation import encode_mask
+    from advrep.masks import encode_mask
 
     n = len(next(iter(flags.values())))
     masks = {k: encode_mask(torch.tensor(v, dtype=torch.bool)) for k, v in flags.items()}

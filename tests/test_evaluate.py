@@ -302,7 +302,7 @@ def test_report_counts_each_attacks_passes_and_logs_each_stage(tensors8, capsys)
 
 
 def test_several_threat_models_in_one_report_with_the_union(tensors8):
-    from advrep.evaluation import decode_mask
+    from advrep.masks import decode_mask
 
     x, y = tensors8
     ev = EvalConfig(attacks=["pgd"], pgd_steps=5, pgd_step_size=0.01, checks=False, corruptions="none",
@@ -323,7 +323,7 @@ def test_several_threat_models_in_one_report_with_the_union(tensors8):
 
 
 def test_masks_round_trip_and_bad_threats_are_refused():
-    from advrep.evaluation import decode_mask, encode_mask
+    from advrep.masks import decode_mask, encode_mask
 
     mask = torch.tensor([True, False, True, True, False, False, False, True, True, False, True])
     assert torch.equal(decode_mask(encode_mask(mask), len(mask)), mask)

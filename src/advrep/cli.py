@@ -134,7 +134,7 @@ def _train_and_evaluate(trainer, args) -> int:
 
 
 def _print_report(report: dict, out_dir: Path) -> None:
-    from .evaluation import format_table
+    from .report import format_table
 
     print(format_table(report))
     robust = (f", robust (worst case over the attacks) {100 * report['robust_acc']:.2f}%"

@@ -148,7 +148,7 @@ def paired(names: list[str], runs: list[dict], attack_names=USUAL_ATTACKS) -> tu
     percentage points) with the exact McNemar p-value of the two models on the same images
     (:func:`advrep.stats.mcnemar_exact`: b = images robust for the run only, c = for the reference
     only). Reports made on other images (another digest or n) or without masks get "–"."""
-    from .evaluation import decode_mask
+    from .masks import decode_mask
     from .stats import mcnemar_exact
 
     columns = [("clean", "clean"), *((a, ATTACKS.get(a).title) for a in attack_names), ("worst_case", "worst case")]

@@ -78,3 +78,8 @@ def parse_threat(text: str) -> tuple[str, float | None]:
         raise ConfigError(f"eval.threats: '{text}': a Linf radius is in pixel units of [0, 1] images, at most 1 "
                           "(write 8/255, not 8)")
     return norm, value
+
+
+def threat_name(norm: str, eps: float) -> str:
+    """``Linf 8/255``, ``L2 0.5``, ``L1 12``: how reports name a threat model."""
+    return f"{norm} {eps * 255:.3g}/255" if norm == "Linf" and eps < 0.1 else f"{norm} {eps:g}"
