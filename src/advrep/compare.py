@@ -354,7 +354,8 @@ def compare(run_dirs, out_dir: Path | None = None, n: int = 500, embedding: str 
                [(h, out_dir / f, c) for h, f, c in pictures])
     facts = {"runs": {name: {"dir": str(run["dir"]), "eps_curve": curves[name], "analysis": analyses[name][2]}
                       for name, run in zip(names, runs)},
-             "table": main_rows, "paired": pair_facts, "seed_groups": seed_facts, "geometry": geo_rows, "figures": [f for _, f, _ in pictures],
+             "table": main_rows, "paired": pair_facts, "seed_groups": seed_facts, "geometry": geo_rows,
+             "figures": [f for _, f, _ in pictures],
              "advrep_version": __version__, "time_s": round(time.time() - t0, 1)}
     (out_dir / "compare.json").write_text(json.dumps(facts, indent=1))
     return out_dir

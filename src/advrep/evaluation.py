@@ -261,8 +261,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
     if ev.corruptions == "official" and not ev.corruptions_dir:
         raise ConfigError("eval.corruptions=official needs eval.corruptions_dir, the CIFAR-10-C / "
                           "CIFAR-100-C folder (<corruption>.npy + labels.npy)")
-    plan = cost.expected(ev, [(threat, ""), *((t, f" ({threat_name(t.norm, t.eps)})") for t in others)], num_classes, len(x), _corruption_cells(ev, x.shape[1]),
-                         surrogate is not None)
+    suffixes = [(threat, ""), *((t, f" ({threat_name(t.norm, t.eps)})") for t in others)]
+    plan = cost.expected(ev, suffixes, num_classes, len(x), _corruption_cells(ev, x.shape[1]), surrogate is not None)
     log = StageLog(plan, enabled=progress and distributed.is_main())
     log.say(cost.summary_line(plan, len(x)))
     t0 = time.time()
@@ -337,7 +337,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatConfig, e
         probe = Probe(model, x, y, norm=threat.norm, eps=threat.eps, step_size=ev.pgd_step_size,
                       steps=ev.pgd_steps, device=device, batch_size=ev.batch_size, x_adv=x_pgd)
         extra["readouts"] = readouts.run(readout_names, probe)
-    every = [*costs.values(), *stages.values(), *(f for sec in extra.get("threats", [])[1:] for f in sec["cost"].values())]
+    every = [*costs.values(), *stages.values(),
+             *(f for sec in extra.get("threats", [])[1:] for f in sec["cost"].values())]
     total = {"forward": sum(f["forward"] for f in every), "backward": sum(f["backward"] for f in every)}
     return {
         **(context or {}),

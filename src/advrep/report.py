@@ -18,7 +18,8 @@ def _cost_cell(c: dict | None) -> str:
 def _sections(report: dict) -> list[tuple[str, dict, dict]]:
     """``(label suffix, attack rows, their costs)`` of the main threat model, then of each other."""
     main = ("", report["attacks"], (report.get("cost") or {}).get("attacks", {}))
-    return [main] + [(f" ({sec['name']})", sec["attacks"], sec.get("cost", {})) for sec in report.get("threats", [])[1:]]
+    return [main] + [(f" ({sec['name']})", sec["attacks"], sec.get("cost", {}))
+                     for sec in report.get("threats", [])[1:]]
 
 
 def format_table(report: dict) -> str:
@@ -37,7 +38,8 @@ def format_table(report: dict) -> str:
         lo, hi = row["ci95"]
         lines.append(f"{'robust to all':<{width}} {100 * row['acc']:8.2f}%   [{100 * lo:.1f}, {100 * hi:.1f}]  "
                      f"(every attack of {', '.join(sec['name'] for sec in report['threats'])})")
-    lines.append(f"({report['n']} test images, {threat_name(report['threat_model'], report['eps']).replace(' ', ' eps ', 1)})")
+    norm, eps = threat_name(report["threat_model"], report["eps"]).split(" ", 1)
+    lines.append(f"({report['n']} test images, {norm} eps {eps})")
     if "autoattack" in report:
         aa = report["autoattack"]
         lines.append(f"AutoAttack: {aa['backend']} {aa['backend_version']}, {aa['version']} "
