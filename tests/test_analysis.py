@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,6 +173,51 @@ def test_tsne_separates_two_clusters_and_is_deterministic():
     assert torch.equal(y, again)
 
 
+# ----------------------------------------------------------------------------- t-SNE against scikit-learn
+
+
+def _blobs(seed=0, per=25, dim=8):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(per, dim, generator=gen) + 5 * c for c in range(3)]).double()
+
+
+def test_tsne_affinities_equal_scikit_learns():
+    """The joint P of advrep's exact t-SNE is scikit-learn's (its _joint_probabilities: the same
+    bisection on each row's entropy, symmetrized and normalized), to the bisection's tolerance."""
+    from scipy.spatial.distance import squareform
+    from sklearn.manifold._t_sne import _joint_probabilities
+
+    x = _blobs()
+    n, perplexity = len(x), 10.0
+    d2 = torch.cdist(x, x).square()
+    p = analysis.conditional_p(d2, perplexity)
+    ours = ((p + p.T) / (2 * n)).numpy()
+    theirs = squareform(_joint_probabilities(d2.numpy().astype(np.float32), perplexity, 0))
+    off = ~np.eye(n, dtype=bool)
+    assert np.allclose(ours[off], theirs[off], rtol=2e-3, atol=1e-7)
+
+
+def test_tsne_objective_and_result_match_scikit_learns_exact_tsne():
+    """advrep's KL(P‖Q) equals scikit-learn's objective at the same embedding, and reaches the
+    minimum scikit-learn's exact t-SNE (same perplexity, exaggeration, iterations) reaches, with
+    the same neighbourhoods kept (trustworthiness)."""
+    from scipy.spatial.distance import squareform
+    from sklearn.manifold import TSNE, trustworthiness
+    from sklearn.manifold._t_sne import _joint_probabilities, _kl_divergence
+
+    x = _blobs()
+    n, perplexity = len(x), 10.0
+    y, kl = analysis.tsne(x, perplexity=perplexity)
+    p = _joint_probabilities(torch.cdist(x, x).square().numpy(), perplexity, 0)
+    their_kl_at_ours, _ = _kl_divergence(y.numpy().ravel(), p, 1, n, 2)
+    assert kl == pytest.approx(their_kl_at_ours, rel=1e-3)
+    ref = TSNE(perplexity=perplexity, method="exact", init="pca", learning_rate=max(n / 12 / 4, 50.0),
+               max_iter=1000, random_state=0).fit(x.numpy())
+    assert kl <= 1.1 * ref.kl_divergence_ + 0.02, (kl, ref.kl_divergence_)
+    assert trustworthiness(x.numpy(), y.numpy(), n_neighbors=5) >= \
+        trustworthiness(x.numpy(), ref.embedding_, n_neighbors=5) - 0.02
+
+
 # ----------------------------------------------------------------------------- compare, pieces
 
 
@@ -198,6 +244,53 @@ def test_table_row_reads_every_column_and_marks_what_is_missing():
     old = compare.table_row("c", _run({"corruptions_acc": 0.9, "corruptions": {"source": "generated"}},
                                       [{"train_time_s": 7}], epochs=1))
     assert old["corruptions (official)"] == "–" and old["corruptions (generated)"] == "–"
+
+
+def _masked_report(flags: dict, digest="d1", **keys):
+    from advrep.masks import encode_mask
+
+    n = len(next(iter(flags.values())))
+    masks = {k: encode_mask(torch.tensor(v, dtype=torch.bool)) for k, v in flags.items()}
+    attacks = {k: {"acc": sum(v) / n} for k, v in flags.items() if k not in ("clean", "worst_case")}
+    return {"n": n, "clean_acc": sum(flags["clean"]) / n, "attacks": attacks,
+            "masks": {"encoding": "bits", "n": n, "images_sha1": digest, **masks}, **keys}
+
+
+def test_paired_differences_carry_the_exact_mcnemar_p_value():
+    from scipy.stats import binomtest
+
+    clean = [True] * 20
+    ref = [True] * 6 + [False] * 14                       # 6 robust
+    run = [True] * 4 + [False] * 2 + [True] * 9 + [False] * 5  # 13 robust: 9 only here, 2 only in ref
+    runs = [_run(_masked_report({"clean": clean, "pgd": ref})), _run(_masked_report({"clean": clean, "pgd": run})),
+            _run(_masked_report({"clean": clean, "pgd": run}, digest="other"))]
+    rows, facts = compare.paired(["ref", "new", "elsewhere"], runs)
+    (pgd,) = [f for f in facts if f["column"] == "pgd"]
+    assert (pgd["only_run"], pgd["only_reference"], pgd["n"]) == (9, 2, 20)
+    assert pgd["difference"] == pytest.approx(7 / 20)
+    assert pgd["p_value"] == pytest.approx(binomtest(9, 11, 0.5).pvalue)
+    assert rows[0]["PGD"] == f"+35.0 pts (p = {pgd['p_value']:.2g})" and rows[0]["clean"].startswith("+0.0 pts (p = 1")
+    assert rows[0]["FGSM"] == "–", "an attack one report lacks"
+    assert rows[1]["PGD"] == "–" and rows[1]["same images"] == "no", "other images: no pairing"
+
+
+def test_runs_differing_only_in_seed_are_grouped_with_the_interval_across_seeds():
+    from scipy import stats as sp
+
+    def run(seed, pgd, epochs=2):
+        r = _run({"clean_acc": 0.8, "robust_acc": pgd, "attacks": {"pgd": {"acc": pgd}}}, epochs=epochs)
+        r["config"] = config.load(None, ["--method=trades", "--model.arch=resnet18", f"--train.epochs={epochs}",
+                                         f"--seed={seed}"])
+        return r
+
+    runs = [run(0, 0.40), run(1, 0.44), run(2, 0.45), run(0, 0.30, epochs=5)]
+    rows, facts = compare.seed_groups(["s0", "s1", "s2", "long"], runs)
+    assert len(rows) == 1 and facts[0]["runs"] == ["s0", "s1", "s2"] and facts[0]["seeds"] == [0, 1, 2]
+    pgd = facts[0]["PGD"]
+    mean, sd = sum([0.40, 0.44, 0.45]) / 3, float(np.std([0.40, 0.44, 0.45], ddof=1))
+    assert pgd["mean"] == pytest.approx(mean) and pgd["sd"] == pytest.approx(sd)
+    assert pgd["ci95"] == pytest.approx(list(sp.t.interval(0.95, 2, loc=mean, scale=sd / math.sqrt(3))))
+    assert rows[0]["PGD"].startswith(f"{100 * mean:.1f} ± {100 * sd:.1f}%") and rows[0]["FGSM"] == "–"
 
 
 def test_eps_curve_from_the_report_adds_the_clean_accuracy_at_zero():

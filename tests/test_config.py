@@ -72,6 +72,25 @@ def test_resolve_fills_the_dataset_threat_model():
     assert c.name == "pgd-at-cifar10-resnet18"
 
 
+def test_l1_threat_model_defaults_and_refusals():
+    c = config.resolve(config.load(None, ["--threat.norm=L1"]), CIFAR)
+    assert (c.threat.norm, c.threat.eps, c.threat.step_size) == ("L1", 12.0, 3.0), "RobustBench's CIFAR-10 L1"
+    assert c.eval.pgd_step_size == 3.0
+    m = config.resolve(config.load(None, ["--threat.norm=L1", "--threat.eps=10"]), MNIST)
+    assert m.threat.eps == 10 and m.threat.step_size == 2.5
+    with pytest.raises(ConfigError, match="default eps only for 32×32 colour images.*set threat.eps for mnist"):
+        config.resolve(config.load(None, ["--threat.norm=L1"]), MNIST)
+    with pytest.raises(ConfigError, match="exceeds the L1 diameter of mnist's images \\(784"):
+        config.resolve(config.load(None, ["--threat.norm=L1", "--threat.eps=800"]), MNIST)
+    with pytest.raises(ConfigError, match="eps_sweep|L1 diameter"):
+        config.resolve(config.load(None, ["--threat.norm=L1", "--threat.eps=10", "--eval.eps_sweep=[1000]"]), MNIST)
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="threat.eps"):
+            config.load(None, ["--threat.norm=L1", f"--threat.eps={bad}"])
+    with pytest.raises(ConfigError, match="L3"):
+        config.load(None, ["--threat.norm=L3"])
+
+
 def test_saved_config_round_trips(tmp_path):
     cfg = config.resolve(config.load(None, ["--method=trades"]), CIFAR)
     config.save(cfg, tmp_path / "c.yaml")

@@ -12,9 +12,11 @@ import torch.nn as nn
 from advrep import attacks, checks, config, data
 from advrep.cli import main
 from advrep.config import EvalConfig, ThreatConfig
+from advrep.errors import ConfigError
 from advrep.evaluation import evaluate
 from advrep.factory import model_from_checkpoint, model_from_weights
 from advrep.models import create
+from conftest import tiny_command
 
 MNIST_THREAT = ThreatConfig(norm="Linf", eps=0.3, step_size=0.01, steps=40)
 
@@ -241,3 +243,109 @@ def test_report_has_robustbench_keys(mnist_runs):
         assert key in report and report[key] is not None
     cfg = config.load(None, ["--eval.attacks=[pgd,autoattack,mt,square]", "--eval.aa_version=plus"])
     assert cfg.eval.attacks == ["pgd", "autoattack", "mt", "square"] and cfg.eval.aa_version == "plus"
+
+
+# ----------------------------------------------------------------------------- L1, threats, costs
+
+
+def small_linear(side=8, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * side * side, 5)).eval()
+
+
+@pytest.fixture
+def tensors8():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(24, 3, 8, 8, generator=gen)
+    return x, small_linear()(x).argmax(1).detach()  # the model's own labels: 100% clean accuracy
+
+
+def test_l1_evaluation_runs_every_attack_and_check(tensors8):
+    x, y = tensors8
+    threat = ThreatConfig(norm="L1", eps=2.0, step_size=0.5, steps=5)
+    ev = EvalConfig(attacks=["fgsm", "pgd", "cw", "square"], pgd_steps=10, pgd_step_size=0.5, square_queries=50,
+                    checks=True, checks_n=12, corruptions="none", batch_size=12)
+    report = evaluate(small_linear(), x, y, threat=threat, ev=ev, device="cpu", progress=False)
+    assert report["threat_model"] == "L1" and report["eps"] == 2.0 and report["clean_acc"] == 1.0
+    assert report["attacks"]["pgd"]["acc"] < 1.0, "a linear model is not robust at L1 radius 2"
+    assert {"eps_zero", "eps_monotone", "large_eps", "more_steps", "black_box"} <= set(report["checks"])
+    assert report["checks"]["eps_zero"]["passed"] and report["checks"]["large_eps"]["passed"]
+
+
+def test_l1_trains_and_evaluates_from_the_command_line(tiny_mnist, tmp_path):
+    out = tmp_path / "l1"
+    assert main(tiny_command(tiny_mnist, out, "--threat.norm=L1", "--threat.eps=10",
+                             "--eval.attacks=[fgsm,pgd]")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["threat_model"] == "L1" and report["eps"] == 10
+    saved = config.load(out / "config.yaml")
+    assert saved.threat.norm == "L1" and saved.threat.eps == 10
+
+
+def test_report_counts_each_attacks_passes_and_logs_each_stage(tensors8, capsys):
+    x, y = tensors8
+    ev = EvalConfig(attacks=["fgsm", "pgd"], pgd_steps=7, pgd_step_size=0.01, checks=False, corruptions="none",
+                    batch_size=10)
+    report = evaluate(small_linear(), x, y, threat=MNIST_THREAT, ev=ev, device="cpu", progress=True)
+    cost = report["cost"]["attacks"]
+    # by hand: clean 1 forward; FGSM one gradient step and one scoring pass; PGD-7 seven steps and one scoring
+    assert (cost["clean"]["forward"], cost["clean"]["backward"]) == (24, 0)
+    assert (cost["fgsm"]["forward_per_image"], cost["fgsm"]["backward_per_image"]) == (2, 1)
+    assert (cost["pgd"]["forward_per_image"], cost["pgd"]["backward_per_image"]) == (8, 7)
+    assert report["cost"]["forward"] == 24 * (1 + 2 + 8) and report["cost"]["backward"] == 24 * 8
+    assert report["cost"]["expected"] == {"forward": report["cost"]["forward"], "backward": report["cost"]["backward"]}
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("advrep: expected cost: at most 264 forward + 192 backward image-passes on 24 images")
+    assert any(line.startswith("advrep: [3/3] PGD-7 done in") and "robust" in line and "(elapsed" in line
+               for line in err), err
+    assert any("about" in line and "left" in line for line in err if "[1/3]" in line and "done" in line)
+
+
+def test_several_threat_models_in_one_report_with_the_union(tensors8):
+    from advrep.masks import decode_mask
+
+    x, y = tensors8
+    ev = EvalConfig(attacks=["pgd"], pgd_steps=5, pgd_step_size=0.01, checks=False, corruptions="none",
+                    threats=["Linf:0.3", "L2:0.5", "L1:2.0"])
+    report = evaluate(small_linear(), x, y, threat=MNIST_THREAT, ev=ev, device="cpu", progress=False)
+    names = [sec["name"] for sec in report["threats"]]
+    assert names == ["Linf 0.3", "L2 0.5", "L1 2"], "the main threat model first, once"
+    masks, n = report["masks"], report["n"]
+    union = decode_mask(masks["worst_case" if "worst_case" in masks else "pgd"], n)
+    union &= decode_mask(masks["clean"], n)
+    for key in ("L2 0.5", "L1 2"):
+        union &= decode_mask(masks[f"{key}/worst_case"], n)
+    assert torch.equal(decode_mask(masks["robust_to_all"], n), union)
+    assert report["robust_to_all"]["correct"] == int(union.sum())
+    assert report["robust_to_all"]["acc"] <= min(sec["robust_acc"] for sec in report["threats"])
+    l2 = report["threats"][1]
+    assert l2["pgd_step_size"] == pytest.approx(2.5 * 0.5 / 5) and "pgd" in l2["attacks"] and "pgd" in l2["cost"]
+
+
+def test_masks_round_trip_and_bad_threats_are_refused():
+    from advrep.masks import decode_mask, encode_mask
+
+    mask = torch.tensor([True, False, True, True, False, False, False, True, True, False, True])
+    assert torch.equal(decode_mask(encode_mask(mask), len(mask)), mask)
+    cfg = config.resolve(config.load(None, ["--eval.threats=[L2:0.5, L1, Linf:4/255]"]), data.info("cifar10"))
+    assert cfg.eval.threats == ["L2:0.5", "L1:12.0", f"Linf:{4 / 255!r}"]
+    for bad, message in (("[L3:1]", "unknown norm"), ("[L2:abc]", "no readable eps"), ("[Linf:8]", "at most 1"),
+                         ("[L2:-1]", "positive")):
+        with pytest.raises(ConfigError, match=message):
+            config.load(None, [f"--eval.threats={bad}"])
+    with pytest.raises(ConfigError, match="L2 has no dataset default"):
+        config.resolve(config.load(None, ["--eval.threats=[L2]"]), data.info("cifar10"))
+
+
+def test_black_box_check_is_skipped_with_a_warning_where_square_lacks_the_norm(tensors8, monkeypatch):
+    x, y = tensors8
+
+    def no_square(*args, norm, **kwargs):
+        raise ConfigError(f"the Square Attack of autoattack 0.1 has no {norm} version")
+
+    monkeypatch.setattr(attacks, "square", no_square)
+    ev = EvalConfig(attacks=["pgd"], pgd_steps=3, pgd_step_size=0.5, checks_n=8, batch_size=8)
+    with pytest.warns(UserWarning, match="black_box check skipped: .*no L1 version"):
+        results = checks.run(small_linear(), x[:8], y[:8], threat=ThreatConfig("L1", 2.0, 0.5, 3), ev=ev,
+                             device="cpu", whitebox=torch.zeros(8, dtype=torch.bool))
+    assert "black_box" not in results and results["eps_zero"]["passed"]

@@ -74,6 +74,22 @@ def test_every_method_honours_the_contract(name, ra_on, batch):
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", methods.METHODS.names())
+def test_every_method_trains_against_the_l1_threat_model(name, batch):
+    """The sparse L1 PGD as every method's inner maximization: inside the L1 ball and the box,
+    and the objective trains."""
+    x, y = batch
+    model = model_for(name).train()
+    threat = Threat("L1", eps=5.0, step_size=1.25, steps=3)
+    method = methods.create(name)
+    x_adv = method.perturb(model, x, y, threat)
+    assert ((x_adv - x).abs().flatten(1).sum(1) <= 5.0 * (1 + 1e-5)).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    loss, _ = method.objective(model, x, x_adv, y, threat)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 @pytest.mark.parametrize("name", [*methods.METHODS.names(), *compositions()])
 def test_every_method_rejects_unknown_hyperparameters(name):
     with pytest.raises(ConfigError, match="unknown config key 'method.nonsense'"):

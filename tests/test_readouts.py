@@ -62,7 +62,7 @@ def test_a_readout_with_a_plot_puts_its_picture_in_the_report(setup, tmp_path, m
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from advrep.evaluation import write_report
+    from advrep.report import write_report
 
     def plot(result):
         fig, ax = plt.subplots()

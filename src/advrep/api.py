@@ -19,7 +19,8 @@ import torch
 from . import config as config_mod
 from . import distributed, methods, surrogate
 from .errors import ConfigError
-from .evaluation import check_labels, format_table, write_report
+from .evaluation import check_labels
+from .report import format_table, write_report
 from .evaluation import evaluate as evaluate_images
 from .factory import model_from_checkpoint
 from .methods import readouts_of

@@ -7,6 +7,7 @@
     advrep list [datasets|models|heads|methods|terms|attacks] [--markdown]
     advrep analyze RUN_DIR [--n N] [--checkpoint best|last] [--out DIR] [--readouts=[...]] [--embedding tsne|pca]
     advrep compare RUN_DIR... [--out DIR] [--n N]
+    advrep card RUN_DIR|REPORT [--out FILE]
     advrep bench [--method M] [--arch A] [--dataset D] [--batch-size B] [--json]
 """
 
@@ -135,7 +136,7 @@ def _train_and_evaluate(trainer, args) -> int:
 
 
 def _print_report(report: dict, out_dir: Path) -> None:
-    from .evaluation import format_table
+    from .report import format_table
 
     print(format_table(report))
     robust = (f", robust (worst case over the attacks) {100 * report['robust_acc']:.2f}%"
@@ -279,6 +280,20 @@ def cmd_compare(args, extra) -> int:
     return 0
 
 
+def cmd_card(args, extra) -> int:
+    import json
+
+    from .card import write_card
+
+    if extra:
+        raise ConfigError(f"unrecognized argument '{extra[0]}'; advrep card takes a run directory and --out")
+    info, out = write_card(Path(args.target), args.out and Path(args.out))
+    print(json.dumps(info, indent=2))
+    notes = info["advrep"]["not_comparable_because"]
+    print(f"model card in {out}" + (f"; not RobustBench-comparable: {'; '.join(notes)}" if notes else ""))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -348,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for runs not analyzed yet (default tsne)")
     common(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("card", help="a RobustBench-style model_info JSON from a run's report.json")
+    p.add_argument("target", help="run directory (or a report.json)")
+    p.add_argument("--out", help="where to write it (default: model_info.json beside the report)")
+    p.set_defaults(func=cmd_card)
     return parser
 
 

@@ -6,7 +6,10 @@ report holds, the corruption accuracy on the official CIFAR-10-C files (RobustBe
 ``corruptions_acc``) and, in its own column, on advrep's generated corruptions
 (``corruptions_generated_acc``, not comparable to it), the gradient-masking flags), read from
 each run's ``config.yaml``, ``metrics.jsonl`` and
-``report.json``; a value a run does not have shows as "–". Beside it, a table of the feature
+``report.json``; a value a run does not have shows as "–". Under it, for runs evaluated on the same
+images, each run's difference to the first with the exact McNemar p-value on the per-sample robust
+masks the reports store (:func:`paired`), and the runs that differ only in ``seed`` as mean ± sd
+with the 95% interval across seeds (:func:`seed_groups`). Beside them, a table of the feature
 geometry from each run's ``analysis/analysis.json`` (see :mod:`advrep.analysis`).
 
 Written to ``--out`` (default: ``compare/`` beside the runs' common parent folder):
@@ -132,6 +135,84 @@ def geometry_row(label: str, analysis: dict) -> dict:
         MISSING if shift is None else f"{shift:.3f}")))
 
 
+# ----------------------------------------------------------------------------- paired tests, seed groups
+
+
+def _masks(report: dict) -> dict | None:
+    return (report or {}).get("masks")
+
+
+def paired(names: list[str], runs: list[dict], attack_names=USUAL_ATTACKS) -> tuple[list[dict], list[dict]]:
+    """Each run against the first (the reference), on the per-sample robust masks of their
+    reports: ``(table rows, facts)``. A cell is the difference in robust accuracy (run − reference,
+    percentage points) with the exact McNemar p-value of the two models on the same images
+    (:func:`advrep.stats.mcnemar_exact`: b = images robust for the run only, c = for the reference
+    only). Reports made on other images (another digest or n) or without masks get "–"."""
+    from .masks import decode_mask
+    from .stats import mcnemar_exact
+
+    columns = [("clean", "clean"), *((a, ATTACKS.get(a).title) for a in attack_names), ("worst_case", "worst case")]
+    ref = _masks(runs[0]["report"])
+    rows, facts = [], []
+    for name, run in zip(names[1:], runs[1:]):
+        masks = _masks(run["report"])
+        row = {"run": f"{name} − {names[0]}"}
+        same = bool(ref and masks and ref["images_sha1"] == masks["images_sha1"] and ref["n"] == masks["n"])
+        for key, title in columns:
+            if not same or key not in ref or key not in masks:
+                row[title] = MISSING
+                continue
+            a, b = decode_mask(ref[key], ref["n"]), decode_mask(masks[key], masks["n"])
+            only_run, only_ref = int((b & ~a).sum()), int((a & ~b).sum())
+            diff, p = (only_run - only_ref) / ref["n"], mcnemar_exact(only_run, only_ref)
+            row[title] = f"{100 * diff:+.1f} pts (p = {p:.2g})"
+            facts.append({"run": name, "reference": names[0], "column": key, "difference": diff,
+                          "only_run": only_run, "only_reference": only_ref, "n": ref["n"], "p_value": p})
+        row["same images"] = "yes" if same else ("no masks" if not (ref and masks) else "no")
+        rows.append(row)
+    return rows, facts
+
+
+def _without_seed(cfg) -> str:
+    tree = cfg.to_dict()
+    for key in ("seed", "name", "out_dir"):  # the run's name and folder follow from the seed's run, not the recipe
+        tree.pop(key, None)
+    return json.dumps(tree, sort_keys=True, default=str)
+
+
+def seed_groups(names: list[str], runs: list[dict], attack_names=USUAL_ATTACKS) -> tuple[list[dict], list[dict]]:
+    """Runs whose configs differ only in ``seed``, grouped: ``(table rows, facts)``, each metric
+    as mean ± sd over the seeds with the 95% t interval of the mean (:func:`advrep.stats.seed_summary`)."""
+    from .stats import seed_summary
+
+    groups: dict[str, list[int]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault(_without_seed(run["config"]), []).append(i)
+    metrics = [("clean", lambda r: r.get("clean_acc")),
+               *((ATTACKS.get(a).title, lambda r, a=a: (r.get("attacks") or {}).get(a, {}).get("acc"))
+                 for a in attack_names),
+               ("worst case", lambda r: r.get("robust_acc"))]
+    rows, facts = [], []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        row = {"runs": ", ".join(names[i] for i in members),
+               "seeds": ", ".join(str(runs[i]["config"].seed) for i in members)}
+        fact = {"runs": [names[i] for i in members], "seeds": [runs[i]["config"].seed for i in members]}
+        for title, read in metrics:
+            values = [read(runs[i]["report"] or {}) for i in members]
+            if any(v is None for v in values):
+                row[title] = MISSING
+                continue
+            summary = seed_summary(values)
+            fact[title] = summary
+            lo, hi = summary["ci95"]
+            row[title] = f"{100 * summary['mean']:.1f} ± {100 * summary['sd']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+        rows.append(row)
+        facts.append(fact)
+    return rows, facts
+
+
 # ----------------------------------------------------------------------------- the pictures' data
 
 
@@ -245,25 +326,36 @@ def compare(run_dirs, out_dir: Path | None = None, n: int = 500, embedding: str 
 
     columns = attack_columns(runs)
     main_rows = [table_row(name, run, columns) for name, run in zip(names, runs)]
+    pair_rows, pair_facts = paired(names, runs, columns) if len(runs) > 1 else ([], [])
+    seed_rows, seed_facts = seed_groups(names, runs, columns)
     geo_rows = [geometry_row(name, a[0]) for name, a in analyses.items()]
     title = f"advrep compare: {', '.join(names)}"
     notes = [f"advrep {__version__}; {time.strftime('%Y-%m-%d %H:%M')}; runs: " + ", ".join(map(str, run_dirs)),
              "Accuracies from each run's report.json (robust = correct clean and under the attack); "
              f"{MISSING}: not in the report. train time: the sum of the epochs' train_time_s in metrics.jsonl.",
+             f"Paired differences: each run minus {names[0]} in robust accuracy on the same images (the reports' "
+             "per-sample masks), with the exact McNemar p-value (two-sided binomial test on the images robust for one "
+             "model only). Seed groups: runs whose configs differ only in seed, mean ± sd over the seeds [95% t "
+             "interval of the mean].",
              "Feature geometry from each run's analysis (advrep analyze): C = mean distance to the class mean, "
              "F = class-mean separation (min or mean over pairs) / C, min angle between class means or "
              "prototypes, shift = mean ‖h − h′‖ / mean ‖h‖ of the penultimate features."]
     pictures = [(t, f, c) for t, f, _, c in figures] + embeddings
-    md = [f"# {title}", "", *(f"{note}\n" for note in notes), "## Runs", "", *markdown_table(main_rows), "",
-          "## Feature geometry", "", *markdown_table(geo_rows), ""]
+    extra_tables = [t for t in (("Paired differences (exact McNemar)", pair_rows), ("Seed groups", seed_rows)) if t[1]]
+    md = [f"# {title}", "", *(f"{note}\n" for note in notes), "## Runs", "", *markdown_table(main_rows), ""]
+    for heading, rows in extra_tables:
+        md += [f"## {heading}", "", *markdown_table(rows), ""]
+    md += ["## Feature geometry", "", *markdown_table(geo_rows), ""]
     for heading, file, caption in pictures:
         md += [f"## {heading}", "", f"![{heading}]({file})", "", caption, ""]
     (out_dir / "compare.md").write_text("\n".join(md), encoding="utf-8")
-    write_html(out_dir / "compare.html", title, notes, [("Runs", main_rows), ("Feature geometry", geo_rows)],
+    write_html(out_dir / "compare.html", title, notes, [("Runs", main_rows), *extra_tables,
+                                                        ("Feature geometry", geo_rows)],
                [(h, out_dir / f, c) for h, f, c in pictures])
     facts = {"runs": {name: {"dir": str(run["dir"]), "eps_curve": curves[name], "analysis": analyses[name][2]}
                       for name, run in zip(names, runs)},
-             "table": main_rows, "geometry": geo_rows, "figures": [f for _, f, _ in pictures],
+             "table": main_rows, "paired": pair_facts, "seed_groups": seed_facts, "geometry": geo_rows,
+             "figures": [f for _, f, _ in pictures],
              "advrep_version": __version__, "time_s": round(time.time() - t0, 1)}
     (out_dir / "compare.json").write_text(json.dumps(facts, indent=1))
     return out_dir

@@ -21,6 +21,7 @@ from . import fileops, methods, readouts
 from .attacks import ATTACKS
 from .coercion import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, build, positive
 from .errors import ConfigError
+from .threat import parse_threat
 
 # Threat models of METHODS.md, keyed by dataset family: (train attack, evaluation PGD).
 FAMILY_THREAT = {
@@ -57,10 +58,11 @@ class ModelConfig:
 
 @dataclass
 class ThreatConfig:
-    norm: Literal["Linf", "L2"] = "Linf"
-    # auto: 8/255 (CIFAR-like), 0.3 (MNIST-like); Linf eps is in pixel units of [0, 1] images
+    norm: Literal["Linf", "L2", "L1"] = "Linf"
+    # auto: Linf 8/255 (CIFAR-like), 0.3 (MNIST-like); L1 12 for 32×32 colour images (RobustBench's
+    # CIFAR-10 L1); L2, and L1 elsewhere, have no default. eps is in pixel units of [0, 1] images
     eps: Optional[Annotated[float, positive("the attack's radius in pixel units of [0, 1] images")]] = None
-    step_size: Optional[PositiveFloat] = None  # auto: 2/255, 0.01
+    step_size: Optional[PositiveFloat] = None  # auto: Linf 2/255, 0.01; L1 eps/4
     steps: Optional[PositiveInt] = None  # auto: 10, 40
 
 
@@ -115,6 +117,9 @@ class EvalConfig:
     aa_attacks: list[str] = field(default_factory=list)  # for aa_version=custom: apgd-ce, apgd-t, ...
     square_queries: PositiveInt = 1000
     eps_sweep: list[PositiveFloat] = field(default_factory=list)  # PGD accuracy at each of these eps
+    # more threat models in the same report, each with every attack and its worst case, plus the
+    # per-sample union (robust to all): NORM or NORM:EPS, e.g. [L2:0.5, L1:12]; no EPS: the default
+    threats: list[str] = field(default_factory=list)
     checks: bool = True  # the gradient-masking checks (advrep.checks)
     checks_n: PositiveInt = 200  # on the first checks_n evaluated images
     surrogate: Optional[str] = None  # standard-trained run/checkpoint for the transfer check; None: train one
@@ -273,6 +278,8 @@ def validate(cfg: Config) -> Config:
                                   "images, at most 1 (write 8/255, not 8)")
     for name in cfg.eval.attacks:
         ATTACKS.get(name).check(t, cfg.eval)  # a misspelt or unusable attack fails now, not after training
+    for text in cfg.eval.threats:
+        parse_threat(text)
     return cfg
 
 
@@ -310,30 +317,70 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
+# RobustBench's L1 radius for CIFAR-10 (Croce & Hein, ICML 2021), for images of its shape only:
+# an L1 radius grows with the number of pixels, so other shapes have no default.
+L1_EPS_CIFAR = 12.0
+
+
+def default_eps(norm: str, info) -> float:
+    """The dataset's default radius of ``norm`` (ConfigError where there is none)."""
+    if norm == "Linf":
+        return FAMILY_THREAT[info.family]["eps"]
+    if norm == "L1" and (info.channels, info.image_size) == (3, 32):
+        return L1_EPS_CIFAR
+    if norm == "L1":
+        raise ConfigError(f"threat.norm=L1 has a default eps only for 32×32 colour images (12, RobustBench's "
+                          f"CIFAR-10 L1); set threat.eps for {info.name} ({info.channels}×{info.image_size}×"
+                          f"{info.image_size}; Tramèr & Boneh use 10 on MNIST)")
+    raise ConfigError("threat.norm=L2 has no dataset default; set threat.eps and threat.step_size "
+                      "(RobustBench's CIFAR-10 L2 setting is eps 0.5)")
+
+
+def check_radius(norm: str, eps: float, info) -> None:
+    """An L1 radius larger than the image's L1 diameter (every pixel from 0 to 1) is a mistake."""
+    size = info.channels * info.image_size ** 2
+    if norm == "L1" and eps > size:
+        raise ConfigError(f"an L1 eps of {eps:g} exceeds the L1 diameter of {info.name}'s images ({size}: every "
+                          "pixel moved from 0 to 1); RobustBench's CIFAR-10 value is 12")
+
+
+def eval_step_size(norm: str, eps: float, info) -> float:
+    """The evaluation's PGD step at ``eps``: Linf the family's, scaled with eps; L2 and L1 eps/4."""
+    fam = FAMILY_THREAT[info.family]
+    return fam["eval_step_size"] * eps / fam["eps"] if norm == "Linf" else eps / 4
+
+
 def resolve(cfg: Config, info) -> Config:
     """Fill the "auto" (None) fields from the dataset's :class:`~advrep.data.DatasetInfo`, and
     make the paths absolute."""
     fam = FAMILY_THREAT[info.family]
     threat = cfg.threat
-    if threat.norm == "L2" and None in (threat.eps, threat.step_size):
+    eps = default_eps(threat.norm, info) if threat.eps is None else threat.eps
+    if threat.norm == "L2" and threat.step_size is None:
         raise ConfigError("threat.norm=L2 has no dataset default; set threat.eps and threat.step_size "
                           "(RobustBench's CIFAR-10 L2 setting is eps 0.5)")
+    check_radius(threat.norm, eps, info)
     threat = dataclasses.replace(
-        threat,
-        eps=fam["eps"] if threat.eps is None else threat.eps,
-        step_size=fam["step_size"] if threat.step_size is None else threat.step_size,
+        threat, eps=eps,
+        step_size=threat.step_size if threat.step_size is not None else
+        fam["step_size"] if threat.norm == "Linf" else eps / 4,
         steps=fam["steps"] if threat.steps is None else threat.steps,
     )
-    if cfg.eval.pgd_step_size is not None:
-        eval_step = cfg.eval.pgd_step_size
-    elif threat.norm == "Linf":  # the family's step, scaled with a non-default eps
-        eval_step = fam["eval_step_size"] * threat.eps / fam["eps"]
-    else:
-        eval_step = threat.eps / 4
+    eval_step = cfg.eval.pgd_step_size if cfg.eval.pgd_step_size is not None else eval_step_size(threat.norm,
+                                                                                                 threat.eps, info)
+    for eps_swept in cfg.eval.eps_sweep:
+        check_radius(threat.norm, eps_swept, info)
+    threats = []
+    for text in cfg.eval.threats:  # each with its eps: the report says what ran
+        norm, eps_t = parse_threat(text)
+        eps_t = default_eps(norm, info) if eps_t is None else eps_t
+        check_radius(norm, eps_t, info)
+        threats.append(f"{norm}:{eps_t!r}")
     ev = dataclasses.replace(
         cfg.eval,
         pgd_steps=fam["eval_steps"] if cfg.eval.pgd_steps is None else cfg.eval.pgd_steps,
         pgd_step_size=eval_step,
+        threats=threats,
     )
     data = dataclasses.replace(cfg.data, augment=cfg.data.augment or info.augment, data_dir=_absolute(cfg.data.data_dir))
     ev = dataclasses.replace(ev, corruptions_dir=_absolute(ev.corruptions_dir), surrogate=_absolute(ev.surrogate))

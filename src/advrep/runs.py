@@ -313,7 +313,7 @@ class Run:
                     fileops.remove(dst)
 
     def write_report(self, report: dict, out_dir: Path | None = None) -> None:
-        from .evaluation import write_report
+        from .report import write_report
 
         write_report(out_dir or self.path, report)
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -38,7 +39,11 @@ def cached(data_cfg, splits, device, progress: bool = True) -> torch.nn.Module:
                                      "--eval.after_train=false", f"--device={device}"])
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=data_cfg.data_dir,
                                                                 download=data_cfg.download))
-        trainer = Trainer(cfg, tmp, progress=progress, log=lambda _: None)
+        # one line per epoch on stderr: the first evaluation of a dataset waits for this training
+        say = (lambda line: print(f"advrep: transfer surrogate: {line}", file=sys.stderr, flush=True)) if progress \
+            else (lambda _: None)
+        say(f"training a standard small CNN for {epochs} epoch(s) on {splits.info.name} (once; cached in {folder})")
+        trainer = Trainer(cfg, tmp, progress=progress, log=say)
         trainer.fit()
         trainer.run.release()
         try:

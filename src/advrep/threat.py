@@ -6,7 +6,8 @@
 value from the config's ``threat`` section and, for the eps warm-up, a scaled copy per step, so
 changing the threat model changes one thing.
 
-Norms use RobustBench's names; eps is in pixel units of images in [0, 1].
+Norms use RobustBench's names (``Linf``, ``L2``, and ``L1`` as AutoAttack names it); eps is in
+pixel units of images in [0, 1].
 
 Example::
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-NORMS = ("Linf", "L2")
+NORMS = ("Linf", "L2", "L1")
 FIELDS = ("norm", "eps", "step_size", "steps")
 
 
@@ -55,3 +56,30 @@ class Threat:
     def scaled(self, factor: float) -> "Threat":
         """eps and step scaled by ``factor`` (the training eps warm-up)."""
         return dataclasses.replace(self, eps=self.eps * factor, step_size=self.step_size * factor)
+
+
+def parse_threat(text: str) -> tuple[str, float | None]:
+    """An entry of ``eval.threats``: ``"L2:0.5"`` -> ("L2", 0.5), ``"Linf:8/255"`` -> ("Linf",
+    0.0314...), ``"L1"`` -> ("L1", None: the dataset's default)."""
+    norm, _, eps = str(text).partition(":")
+    if norm not in NORMS:
+        raise ConfigError(f"eval.threats: unknown norm in '{text}'; write NORM or NORM:EPS with NORM one of "
+                          f"{', '.join(NORMS)} (e.g. [Linf:8/255, L2:0.5, L1:12])")
+    if not eps:
+        return norm, None
+    try:
+        num, _, den = eps.partition("/")
+        value = float(num) / (float(den) if den else 1.0)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"eval.threats: '{text}' has no readable eps; write e.g. L2:0.5 or Linf:8/255") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"eval.threats: the eps of '{text}' must be a positive number")
+    if norm == "Linf" and value > 1:
+        raise ConfigError(f"eval.threats: '{text}': a Linf radius is in pixel units of [0, 1] images, at most 1 "
+                          "(write 8/255, not 8)")
+    return norm, value
+
+
+def threat_name(norm: str, eps: float) -> str:
+    """``Linf 8/255``, ``L2 0.5``, ``L1 12``: how reports name a threat model."""
+    return f"{norm} {eps * 255:.3g}/255" if norm == "Linf" and eps < 0.1 else f"{norm} {eps:g}"

@@ -5,7 +5,11 @@ installed; otherwise ``pyautoattack`` (PyPI, the same code packaged). Which one 
 version, is returned with the result and written into the report.
 
 Versions ``standard``, ``plus``, ``rand``, or ``custom`` with a list of its attacks
-(``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``, ``fab-t``, ``square``); norms Linf and L2.
+(``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``, ``fab-t``, ``square``); norms Linf, L2 and L1.
+With L1 the official ``standard`` version is l1-AutoAttack (Croce & Hein, ICML 2021): APGD-CE
+with 5 restarts and APGD-T with 5 target classes, both with the large-radius option
+(``use_largereps``), then what the code lists after them (the report names every attack that ran).
+``custom`` with L1 runs the listed attacks without the large-radius option.
 The images are attacked in chunks with a per-chunk result file under ``state_dir``, so an
 interrupted evaluation resumes where it stopped (pyautoattack also resumes inside a chunk
 from its own state file).
@@ -35,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError
+from ..threat import NORMS
 from .registry import Attack, register_attack
 
 VERSIONS = ("standard", "plus", "rand", "custom")
@@ -62,8 +67,8 @@ def _check(version: str, attacks: list[str], norm: str) -> None:
                               + (f" (unknown: {', '.join(bad)})" if bad else ""))
     elif attacks:
         raise ConfigError(f"eval.aa_attacks only applies to eval.aa_version=custom, not '{version}'")
-    if norm not in ("Linf", "L2"):
-        raise ConfigError(f"AutoAttack in advrep supports Linf and L2, not '{norm}'")
+    if norm not in NORMS:
+        raise ConfigError(f"AutoAttack in advrep supports {', '.join(NORMS)}, not '{norm}'")
 
 
 def _make(cls, module: str, model, *, eps, norm, version, attacks, device, seed):

@@ -1,6 +1,7 @@
 """FGSM (Goodfellow, Shlens, Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR
 2015): one signed gradient step of size eps on the cross-entropy, from the clean image
-(FGSM-RS training adds a uniform start). Evaluation attack ``fgsm``: Linf or L2 at the
+(FGSM-RS training adds a uniform start); with L1, one sparse step (see :mod:`.pgd`). Evaluation
+attack ``fgsm``: Linf, L2 or L1 at the
 evaluation's eps, no settings of its own.
 
 Example::
@@ -27,7 +28,7 @@ def fgsm(
     y: torch.Tensor,
     *,
     eps: float,
-    norm: Literal["Linf", "L2"] = "Linf",
+    norm: Literal["Linf", "L2", "L1"] = "Linf",
     loss: LossSpec = "ce",
     step_size: Optional[float] = None,
     random_start: Optional[str] = None,

@@ -30,7 +30,7 @@ def multi_targeted(
     step_size: float,
     steps: int,
     num_classes: int,
-    norm: Literal["Linf", "L2"] = "Linf",
+    norm: Literal["Linf", "L2", "L1"] = "Linf",
 ) -> torch.Tensor:
     """Multi-targeted PGD (Gowal et al., "An Alternative Surrogate Loss for PGD-based
     Adversarial Testing", 2019): one PGD run per target class ``t != y`` maximizing the margin

@@ -1,8 +1,14 @@
 """Projected gradient descent (Madry et al., ICLR 2018): the primitive every training and
 evaluation attack is built on, and the evaluation attack ``pgd``.
 
-Threat models: ``Linf`` (signed steps, clip to the eps-box) and ``L2`` (normalized steps,
-projection onto the eps-ball), both intersected with the image box [0, 1].
+Threat models: ``Linf`` (signed steps, clip to the eps-box), ``L2`` (normalized steps,
+projection onto the eps-ball), both intersected with the image box [0, 1], and ``L1``: the sparse
+step of SLIDE (Tramèr & Boneh, NeurIPS 2019) as Croce & Hein ("Mind the box: l1-APGD for sparse
+adversarial attacks on image classifiers", ICML 2021) describe it for the effective threat model,
+the L1 ball intersected with the box: the signed gradient on the top ``L1_SPARSITY`` share of the
+coordinates that can still move in its direction (a pixel at 0 or 1 pushed outwards cannot),
+scaled to L1 length ``step_size``, then the exact projection onto ball ∩ box
+(:func:`project_l1_box`).
 
 Losses: ``"ce"``, ``"cw"`` (margin), ``"kl"`` (TRADES: KL to the clean prediction, which is
 computed once), or any callable ``(logits, y) -> (B,)`` to maximize. ``targeted=True``
@@ -34,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Literal, Optional
 
 import torch
@@ -79,7 +86,55 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
+# L1: each step moves this share of the coordinates (at least one), the largest gradient entries
+# among those the box lets move; SLIDE uses a high percentile of |gradient| the same way.
+L1_SPARSITY = 0.05
+_L1_BISECTION_STEPS = 60  # halvings of the threshold's bracket: far below float32's resolution
+
+
+def project_l1_box(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Euclidean projection of each sample's ``delta`` onto ``{z : ‖z‖₁ ≤ eps, 0 ≤ x + z ≤ 1}``.
+
+    The KKT conditions make it separable given one multiplier λ ≥ 0 per sample: each coordinate
+    is the soft threshold ``sign(v)·max(|v| − λ, 0)`` clipped to the box's bound in its own
+    direction (``1 − x`` upwards, ``x`` downwards); λ = 0 when that already fits the ball, else
+    the root of ``Σ min(max(|v| − λ, 0), bound) = eps``, found by bisection (its upper end, so
+    the result never leaves the ball)."""
+    v, xf = delta.flatten(1), x.flatten(1)
+    bound = torch.where(v > 0, 1 - xf, xf).clamp_min(0)
+    a = v.abs()
+
+    def mass(lam):
+        return (a - lam).clamp_min(0).minimum(bound).sum(1, keepdim=True)
+
+    lo = torch.zeros_like(a[:, :1])
+    hi = a.amax(1, keepdim=True)
+    inside = mass(lo) <= eps
+    for _ in range(_L1_BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        over = mass(mid) > eps
+        lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
+    lam = torch.where(inside, torch.zeros_like(hi), hi)
+    return (v.sign() * (a - lam).clamp_min(0).minimum(bound)).view_as(delta)
+
+
+def l1_step(grad: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, sparsity: float = L1_SPARSITY) -> torch.Tensor:
+    """The sparse L1 ascent direction (L1 length 1): sign of the gradient on its largest
+    ``sparsity`` share of entries among the coordinates that can move in the gradient's
+    direction inside the box, zero elsewhere."""
+    g, now = grad.flatten(1), (x + delta).flatten(1)
+    movable = ((g > 0) & (now < 1)) | ((g < 0) & (now > 0))
+    score = g.abs() * movable
+    k = max(1, math.ceil(sparsity * g.shape[1]))
+    threshold = score.topk(k, dim=1).values[:, -1:]
+    chosen = (score >= threshold) & (score > 0)
+    direction = g.sign() * chosen
+    return (direction / direction.abs().sum(1, keepdim=True).clamp_min(1)).view_as(grad)
+
+
 def _project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "L1":
+        return project_l1_box(delta, x, eps)
     if norm == "Linf":
         delta = delta.clamp(-eps, eps)
     else:
@@ -96,6 +151,11 @@ def _random_start(x: torch.Tensor, eps: float, norm: str, kind: Optional[str], i
         raise ConfigError(f"unknown random start '{kind}'; use uniform, normal or none")
     if norm == "Linf":
         return torch.empty_like(x).uniform_(-eps, eps)
+    if norm == "L1":
+        # uniform in the L1 ball: d + 1 exponential draws, the first d over their sum, random signs
+        e = torch.empty(x.shape[0], x[0].numel() + 1, device=x.device, dtype=x.dtype).exponential_()
+        radius = (e[:, :-1] / e.sum(1, keepdim=True)).view_as(x)
+        return eps * radius * (torch.randint_like(x, 0, 2) * 2 - 1)
     # uniform in the L2 ball: a random direction times a radius drawn as eps * U^(1/d)
     direction = torch.randn_like(x)
     d = x[0].numel()
@@ -111,7 +171,7 @@ def pgd(
     eps: float,
     step_size: float,
     steps: int,
-    norm: Literal["Linf", "L2"] = "Linf",
+    norm: Literal["Linf", "L2", "L1"] = "Linf",
     loss: LossSpec = "ce",
     random_start: Optional[str] = "uniform",
     init_std: float = 0.001,
@@ -135,6 +195,8 @@ def pgd(
                     (grad,) = torch.autograd.grad(value, delta)
                 if norm == "Linf":
                     step = grad.sign()
+                elif norm == "L1":
+                    step = l1_step(grad, x, delta.detach())
                 else:
                     step = grad / _flat_norm(grad)
                 delta = _project(delta.detach() + step_size * step, x, eps, norm)
