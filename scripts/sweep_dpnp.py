@@ -62,6 +62,14 @@ def tag(point: dict, seed: int = 0) -> str:
     return "_".join(f"{k.replace('lambda_', 'l')}{v:g}" for k, v in point.items()) + (f"_seed{seed}" if seed else "")
 
 
+def train(budget_args: list, point: dict, seed: int, out: Path, args) -> None:
+    """``advrep train`` of one point and seed into ``out`` (a subprocess), timed."""
+    cmd = [*budget_args, *overrides(point), f"--seed={seed}", "--data-dir", args.data_dir, "--out", str(out), "--quiet"]
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "advrep", "train", *cmd], check=True)
+    print(f"{tag(point, seed)}: {time.time() - t0:.0f}s", flush=True)
+
+
 def run(point: dict, args, seed: int = 0) -> dict:
     """Train one point (or reuse its finished run) and return its best validation row."""
     out = Path(args.out) / tag(point, seed)
@@ -71,11 +79,7 @@ def run(point: dict, args, seed: int = 0) -> dict:
     if len(rows) < args.epochs:
         if out.exists():
             raise SystemExit(f"{out} holds an unfinished run; remove it or resume it with advrep train --resume")
-        cmd = [*budget(args), *overrides(point), f"--seed={seed}", "--data-dir", args.data_dir, "--out", str(out),
-               "--quiet"]
-        t0 = time.time()
-        subprocess.run([sys.executable, "-m", "advrep", "train", *cmd], check=True)
-        print(f"{tag(point, seed)}: {time.time() - t0:.0f}s", flush=True)
+        train(budget(args), point, seed, out, args)
         rows = [json.loads(r) for r in metrics.read_text().splitlines()]
     best = max(rows, key=lambda r: r["val_robust"])
     return {**point, "seed": seed, "val_clean": best["val_clean"], "val_robust": best["val_robust"],
@@ -160,11 +164,7 @@ def grid_run(point: dict, args, seed: int) -> dict:
     if not (out / "report.json").is_file():
         if out.exists():
             raise SystemExit(f"{out} holds an unfinished run; remove it")
-        cmd = [*grid_budget(args), *overrides(point), f"--seed={seed}", "--data-dir", args.data_dir, "--out", str(out),
-               "--quiet"]
-        t0 = time.time()
-        subprocess.run([sys.executable, "-m", "advrep", "train", *cmd], check=True)
-        print(f"{tag(point, seed)}: {time.time() - t0:.0f}s", flush=True)
+        train(grid_budget(args), point, seed, out, args)
     report = json.loads((out / "report.json").read_text())
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     geometry = report["readouts"]["prototype_geometry"]

@@ -148,3 +148,24 @@ def _private_data_cache(tmp_path_factory):
     """Downloads and cached surrogates of the tests go to a session folder, never the user's
     cache (only the real datasets a machine lacks are fetched into it, by shared_folder)."""
     os.environ["ADVREP_DATA"] = str(tmp_path_factory.mktemp("advrep-cache"))
+
+
+def assert_same_run(full: Path, part: Path, names=("last.safetensors", "last.optim.safetensors")) -> None:
+    """An interrupted-then-resumed run (``part``) ends as the uninterrupted one (``full``): the
+    tensors of ``names`` bit for bit, and the same metrics rows (their wall times aside)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    for name in names:
+        a, b = load_file(str(full / name)), load_file(str(part / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
+
+    def rows(run):
+        return [{k: v for k, v in json.loads(r).items() if k != "train_time_s"}
+                for r in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(full) == rows(part)

@@ -22,7 +22,7 @@ from advrep.cli import main
 from advrep.ema import WeightEMA, decay_at
 from advrep.errors import CheckpointError, ConfigError
 from advrep.trainer import outer_step
-from conftest import tiny_command
+from conftest import assert_same_run, tiny_command
 
 
 def tiny_net() -> torch.nn.Module:
@@ -257,14 +257,8 @@ def test_ema_and_awp_run_resume_bit_identically_and_evaluate_the_ema_weights(tin
     assert "EMA weights)" in capsys.readouterr().out, "the printed table says which weights ran"
     assert main(tiny_command(tiny_mnist, part, *extra, "--train.stop_after=1", "--eval.after_train=false")) == 0
     assert main(["train", "--quiet", "--resume", str(part), "--train.stop_after=2", "--eval.after_train=true"]) == 0
-    for name in ("last.safetensors", "last.optim.safetensors", "last.ema.safetensors", "best.ema.safetensors"):
-        a, b = _tensors(full / name), _tensors(part / name)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
-    rows = lambda run: [{k: v for k, v in json.loads(r).items() if k != "train_time_s"}  # noqa: E731
-                        for r in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows(full) == rows(part)
+    assert_same_run(full, part, ("last.safetensors", "last.optim.safetensors", "last.ema.safetensors",
+                                 "best.ema.safetensors"))
     raw, ema = _tensors(full / "last.safetensors"), _tensors(full / "last.ema.safetensors")
     assert not torch.equal(raw[HEAD], ema[HEAD]), "the EMA is not the raw network"
     report = json.loads((full / "report.json").read_text())

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from advrep.cli import main
 from advrep.methods import METHODS
-from conftest import train
+from conftest import assert_same_run, train
 
 # A tiny budget for tests of the machinery, not of robustness.
 TINY = ["--data.train_subset=256", "--data.val_size=64", "--threat.steps=2", "--threat.step_size=0.15",
@@ -98,14 +98,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, shared, method):
     assert train("--data-dir", data, "--out", part, f"--method={method}", *TINY, "--train.stop_after=1") == 0
     assert json.loads((part / "last.json").read_text())["epoch"] == 1
     assert main(["train", "--quiet", "--resume", str(part), "--data-dir", str(data)]) == 0
-    for name in ("last.safetensors", "last.optim.safetensors"):
-        a, b = tensors(full / name), tensors(part / name)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
-    rows = lambda run: [{k: v for k, v in json.loads(r).items() if k != "train_time_s"}  # noqa: E731
-                        for r in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows(full) == rows(part)
+    assert_same_run(full, part)
 
 
 # ------------------------------------------------------------------------ bad inputs
