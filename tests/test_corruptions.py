@@ -777,6 +777,7 @@ def test_run_report_keys_and_labels(tmp_path, cifar):
     """advrep's evaluation report: corruptions_acc only from the official files, the generated
     mean under its own key, each with its own label in the printed table and report.md."""
     from advrep import evaluation as E
+    from advrep import report as report_mod
     from advrep.config import EvalConfig, ThreatConfig
 
     folder, per = tmp_path / "CIFAR-10-C", 4
@@ -794,9 +795,9 @@ def test_run_report_keys_and_labels(tmp_path, cifar):
     official, generated = reports["official"], reports["generated"]
     assert official["corruptions_acc"] == 0 and "corruptions_generated_acc" not in official  # held-out 4 at 100%
     assert "corruptions_acc" not in generated and 0 <= generated["corruptions_generated_acc"] <= 1
-    assert "corruptions_acc (official files" in E.format_table(official)
-    assert "corruptions_generated_acc (advrep's generated set" in E.format_table(generated)
-    E.write_report(tmp_path / "run", generated)
+    assert "corruptions_acc (official files" in report_mod.format_table(official)
+    assert "corruptions_generated_acc (advrep's generated set" in report_mod.format_table(generated)
+    report_mod.write_report(tmp_path / "run", generated)
     md = (tmp_path / "run" / "report.md").read_text()
     assert "## Common corruptions (generated)" in md and "not comparable to CIFAR-10-C or RobustBench" in md
     assert "| frost_like |" in md

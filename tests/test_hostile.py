@@ -72,7 +72,7 @@ def test_an_attack_setting_that_cannot_attack_is_refused_before_anything_runs(ti
     ("--eval.pgd_steps=0", "eval.pgd_steps"), ("--eval.pgd_restarts=0", "eval.pgd_restarts"),
     ("--eval.cw_steps=0", "eval.cw_steps"), ("--eval.square_queries=-5", "eval.square_queries"),
     ("--eval.eps_sweep=[0.1,-0.2]", "eval.eps_sweep[1]"), ("--threat.eps=0", "threat.eps"),
-    ("--threat.eps=8", "at most 1 (write 8/255, not 8)"), ("--threat.norm=L1", "threat.norm"),
+    ("--threat.eps=8", "at most 1 (write 8/255, not 8)"), ("--threat.norm=L3", "threat.norm"),
     ("--eval.attacks=[autoattack] --eval.aa_version=custom", "eval.aa_attacks"), ("--eval.attacks=[pgd,pdg]", "did you mean 'pgd'"),
     ("--eval.n=0", "eval.n"), ("--eval.batch_size=0", "eval.batch_size"),
     ("--eval.attacks=[ra-soft]", "reverse attention"),
