@@ -3,7 +3,7 @@
 #   make test                   environment + install + the test suite, slow tests included (what CI runs)
 # and, while working:
 #   make test-fast              the same without the tests marked slow (real-data training),
-#                               about 1 min on 2 CPU cores (68 s and 74 s, measured with the cores busy)
+#                               about 3 min on 2 CPU cores (168 s measured with the cores busy)
 # The environment is .venv; torch is pinned by constraints.txt (the version CI tests).
 # Use another torch with CONSTRAINTS=your-file, or install advrep into your own environment.
 
