@@ -267,21 +267,21 @@ def gradients(args) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("sweep", help="settle the defaults on MNIST")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out", default="runs/dpnp/sweep")
-    p.add_argument("--table", required=True)
-    p.add_argument("--subset", type=int, default=10000, help="training images (after the validation slice)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.set_defaults(fn=sweep)
-    g = sub.add_parser("grid", help="λ_pos at the re-derived scale, scored by APGD-CE, with the geometry")
-    g.add_argument("--data-dir", required=True)
-    g.add_argument("--out", default="runs/dpnp/grid")
-    g.add_argument("--table", required=True)
-    g.add_argument("--subset", type=int, default=2000, help="training images")
-    g.add_argument("--epochs", type=int, default=2)
+    def training(name, help, fn, out, subset, subset_help, epochs):
+        q = sub.add_parser(name, help=help)
+        q.add_argument("--data-dir", required=True)
+        q.add_argument("--out", default=out)
+        q.add_argument("--table", required=True)
+        q.add_argument("--subset", type=int, default=subset, help=subset_help)
+        q.add_argument("--epochs", type=int, default=epochs)
+        q.set_defaults(fn=fn)
+        return q
+
+    training("sweep", "settle the defaults on MNIST", sweep, "runs/dpnp/sweep", 10000,
+             "training images (after the validation slice)", 1)
+    g = training("grid", "λ_pos at the re-derived scale, scored by APGD-CE, with the geometry", grid, "runs/dpnp/grid",
+                 2000, "training images", 2)
     g.add_argument("--n", type=int, default=200, help="test images evaluated")
-    g.set_defaults(fn=grid)
     r = sub.add_parser("gradients", help="each term's gradient norm against the CE's at the start")
     r.add_argument("--data-dir", required=True)
     r.add_argument("--table", required=True)
