@@ -374,7 +374,7 @@ def test_compare_writes_the_table_from_the_reports(compared):
         report = json.loads((runs[method] / "report.json").read_text())
         row = next(line for line in md.splitlines() if line.startswith(f"| {method} |")).split(" | ")
         assert row[1:4] == [method, "small-cnn", f"2 (eval: epoch {report['epoch']})"]
-        assert row[5:9] == ["Linf 0.3 (1000)", f"{100 * report['clean_acc']:.1f}%", "–",
+        assert row[5:9] == ["Linf 0.3 (500)", f"{100 * report['clean_acc']:.1f}%", "–",
                             f"{100 * report['attacks']['pgd']['acc']:.1f}%"]
         assert row[9:] == ["–", "–", "–", "–", "– |"]  # CW, AutoAttack, 2 corruption columns, checks: not run
     facts = json.loads((out / "compare.json").read_text())

@@ -14,8 +14,8 @@ from advrep.threat import Threat
 @pytest.mark.parametrize("method", ["pgd-at", "trades"])
 @pytest.mark.slow
 def test_bench_reports_both_ways_and_their_ratio(method):
-    s = bench.Setup(method=method, arch="small-cnn", dataset="mnist", batch_size=16, device=torch.device("cpu"),
-                    images=32, amp=False, channels_last=False)
+    s = bench.Setup(method=method, arch="small-cnn", dataset="mnist", batch_size=8, device=torch.device("cpu"),
+                    images=16, amp=False, channels_last=False)
     r = bench.run(s, warmup=1, calls=1)
     for part in ("attack", "train_step", "epoch"):
         x = r[part]

@@ -50,17 +50,19 @@ def test_pgd_agrees_with_torchattacks(mnist_runs, mnist_test):
     except ImportError:
         pytest.fail("the PGD oracle torchattacks is missing: pip install --no-deps torchattacks==3.5.1")
     model = load(mnist_runs["pgd-at"])
-    x, y = mnist_test[0][:1000].float() / 255, mnist_test[1][:1000]
-    torch.manual_seed(0)
-    ours = torch.cat([attacks.pgd(model, x[i:i + 500], y[i:i + 500], eps=0.3, step_size=0.03, steps=20)
-                      for i in range(0, 1000, 500)])
-    oracle = torchattacks.PGD(model, eps=0.3, alpha=0.03, steps=20, random_start=True)
-    theirs = torch.cat([oracle(x[i:i + 500], y[i:i + 500]) for i in range(0, 1000, 500)])
+    x, y = mnist_test[0][:400].float() / 255, mnist_test[1][:400]
+    # Without a random start both are deterministic: the same update and projection give the same
+    # adversarial image, image by image (up to float rounding in the loss's gradient).
+    ours = attacks.pgd(model, x, y, eps=0.3, step_size=0.03, steps=20, random_start=None)
+    theirs = torchattacks.PGD(model, eps=0.3, alpha=0.03, steps=20, random_start=False)(x, y)
+    same = (ours - theirs).abs().flatten(1).amax(1) <= 1e-5
     with torch.no_grad():
         acc_ours = (model(ours).argmax(1) == y).float().mean().item()
         acc_theirs = (model(theirs).argmax(1) == y).float().mean().item()
-    print(f"\nPGD-20 accuracy: advrep {acc_ours:.3f}, torchattacks {acc_theirs:.3f}")
-    assert abs(acc_ours - acc_theirs) <= 0.01
+    print(f"\nPGD-20 accuracy: advrep {acc_ours:.3f}, torchattacks {acc_theirs:.3f}; "
+          f"same image {same.float().mean():.3f}")
+    assert same.float().mean() >= 0.98
+    assert abs(acc_ours - acc_theirs) <= 0.005
 
 
 @pytest.mark.slow
@@ -68,15 +70,15 @@ def test_autoattack_through_advrep_equals_pyautoattack(mnist_runs, mnist_test):
     from pyautoattack import AutoAttack
 
     model = load(mnist_runs["pgd-at"])
-    x, y = mnist_test[0][:40].float() / 255, mnist_test[1][:40]
+    x, y = mnist_test[0][:16].float() / 255, mnist_test[1][:16]
     mask, info = attacks.autoattack(model, x, y, eps=0.3, version="custom", attacks=["apgd-ce", "apgd-t"],
-                                    batch_size=40, progress=False)
+                                    batch_size=16, progress=False)
     assert info["backend"] == "pyautoattack" and info["attacks"] == ["apgd-ce", "apgd-t"]
     direct = AutoAttack(model, eps=0.3, norm="Linf", version="custom", attacks=["apgd-ce", "apgd-t"], seed=0)
-    x_adv, _ = direct.run_standard_evaluation(x, y, batch_size=40)
+    x_adv, _ = direct.run_standard_evaluation(x, y, batch_size=16)
     with torch.no_grad():
-        direct_acc = ((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)).float().mean().item()
-    assert mask.float().mean().item() == direct_acc
+        held = (model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)
+    assert torch.equal(mask.bool(), held) and 0 < held.sum() < len(y)  # image by image; some fall, some hold
 
 
 def test_interrupted_autoattack_resumes_with_the_same_result(monkeypatch, tmp_path):
@@ -109,7 +111,7 @@ def test_interrupted_autoattack_resumes_with_the_same_result(monkeypatch, tmp_pa
 @pytest.mark.slow
 def test_multi_targeted_pgd_is_at_least_as_strong_as_pgd(mnist_runs, mnist_test):
     model = load(mnist_runs["pgd-at"])
-    x, y = mnist_test[0][:200].float() / 255, mnist_test[1][:200]
+    x, y = mnist_test[0][:100].float() / 255, mnist_test[1][:100]
     torch.manual_seed(0)
     mt = attacks.multi_targeted(model, x, y, eps=0.3, step_size=0.03, steps=10, num_classes=10)
     pgd = attacks.pgd(model, x, y, eps=0.3, step_size=0.03, steps=10)
@@ -135,16 +137,17 @@ def test_l2_evaluation_and_eps_sweep(mnist_runs, mnist_test):
 def test_standard_cifar10_network_is_not_robust_at_8_255(tmp_path, shared):
     run = tmp_path / "run"
     # Two epochs of Adam on the whole training set, the last epoch evaluated (the best-by-validation-
-    # robustness epoch of a standard run is its least trained one).
+    # robustness epoch of a standard run is its least trained one), on the first 300 test images. (One
+    # epoch on 16,000 images is not enough: clean 43.0%, PGD-20 7.0%, measured.)
     assert main(["train", "--quiet", "--data-dir", str(shared("cifar10")), "--dataset", "cifar10", "--out", str(run),
                  "--model.arch=small-cnn", "--method=standard", "--train.epochs=2",
                  "--train.optimizer=adam", "--train.lr=0.001", "--train.schedule=constant", "--data.augment=none",
                  "--train.weight_decay=0", "--data.val_size=100", "--eval.checkpoint=last",
-                 "--eval.n=500", "--eval.attacks=[pgd]", "--eval.checks=false", "--eval.corruptions=none"]) == 0
+                 "--eval.n=300", "--eval.attacks=[pgd]", "--eval.checks=false", "--eval.corruptions=none"]) == 0
     report = json.loads((run / "report.json").read_text())
     print(f"\nstandard small-cnn on CIFAR-10: clean {report['clean_acc']:.3f}, PGD-20 {report['robust_acc']:.3f}")
     assert report["eps"] == pytest.approx(8 / 255) and report["attacks"]["pgd"]["label"] == "PGD-20"
-    # Measured here: clean 58.8%, PGD-20 0.4% (2 of 500 images).
+    # Measured here: clean 58.8%, PGD-20 0.4% (2 of 500 images, before the evaluation was cut to 300).
     assert report["clean_acc"] > 0.5, "the network must have learned something"
     assert report["robust_acc"] <= 0.02
 
@@ -153,7 +156,7 @@ def test_standard_cifar10_network_is_not_robust_at_8_255(tmp_path, shared):
 
 
 def check_config(**kw):
-    return EvalConfig(**{"pgd_steps": 10, "pgd_step_size": 0.03, "batch_size": 100, "square_queries": 300,
+    return EvalConfig(**{"pgd_steps": 5, "pgd_step_size": 0.1, "batch_size": 100, "square_queries": 300,
                          "checks_n": 100, "corruptions": "none", **kw})
 
 

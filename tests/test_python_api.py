@@ -42,7 +42,7 @@ def test_the_examples_of_docs_python_md_run_as_written(mnist_cache, tmp_path, mo
     for i, block in enumerate(blocks):
         exec(compile(block, f"{DOC.name} block {i + 1}", "exec"), namespace)  # noqa: S102 - the docs' own code
     assert namespace["report"].robust_acc is not None and (work / "runs" / "python-quick" / "report.json").is_file()
-    assert namespace["run"].report["attacks"]["pgd"]["n"] == 200
+    assert namespace["run"].report["attacks"]["pgd"]["n"] == 100
 
 
 def test_the_public_names_are_listed_documented_and_typed():
