@@ -100,7 +100,8 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
 
     ``state_dir`` keeps the per-chunk results for resuming (a temporary folder when None);
     ``fingerprint`` (for example the checkpoint path) is stored with them, and results made for
-    another model, data, eps or version are discarded instead of reused.
+    another model, data, eps, version or ``batch_size`` (the chunk size) are discarded instead of
+    reused.
     """
     attacks = list(attacks or [])
     _check(version, attacks, norm)
@@ -113,8 +114,9 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
                               fingerprint=fingerprint)
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
+    # the chunk size is in the key: chunks saved with another batch_size cover other images
     key = hashlib.sha1(json.dumps([fingerprint, len(x), float(eps), norm, version, attacks, seed, module,
-                                   int(y.sum())]).encode()).hexdigest()[:16]
+                                   int(y.sum()), int(batch_size)]).encode()).hexdigest()[:16]
     meta = state_dir / "meta.json"
     if not meta.is_file() or json.loads(meta.read_text()).get("key") != key:
         for old in state_dir.glob("chunk-*"):
