@@ -375,3 +375,17 @@ def test_black_box_check_is_skipped_with_a_warning_where_square_lacks_the_norm(t
         results = checks.run(small_linear(), x[:8], y[:8], threat=ThreatConfig("L1", 2.0, 0.5, 3), ev=ev,
                              device="cpu", whitebox=torch.zeros(8, dtype=torch.bool))
     assert "black_box" not in results and results["eps_zero"]["passed"]
+
+
+def test_autoattack_resumes_after_a_chunk_stopped_part_way(tmp_path):
+    # the unfinished chunk's pyautoattack state is left, its result is not: the resumed run redoes
+    # that chunk (pyautoattack refused its own state file with "a different set of attacks")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).eval()
+    x, y = torch.rand(20, 3, 4, 4), torch.randint(0, 10, (20,))
+    kwargs = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=10, progress=False)
+    full, _ = attacks.autoattack(model, x, y, state_dir=tmp_path, **kwargs)
+    assert (tmp_path / "chunk-00001.state.json").is_file()
+    (tmp_path / "chunk-00001.json").unlink()
+    resumed, info = attacks.autoattack(model, x, y, state_dir=tmp_path, **kwargs)
+    assert info["resumed_chunks"] == 1 and torch.equal(resumed, full)

@@ -83,6 +83,11 @@ def _make(cls, module: str, model, *, eps, norm, version, attacks, device, seed)
 def _run_chunk(adversary, module: str, model, x, y, batch_size: int, state: Optional[Path]) -> torch.Tensor:
     """Per-sample robustness (correct clean and under every attack) of one chunk, on the CPU."""
     if module == "pyautoattack":
+        # pyautoattack 0.2.0 cannot read back its own state of a chunk stopped part-way (it saves the
+        # set of attacks as text and compares that text with a set: always "a different set of
+        # attacks"), so such a chunk starts again; finished chunks are resumed above
+        if state is not None and state.is_file():
+            state.unlink()
         adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state)
         flags = json.loads(state.read_text())["_robust_flags"]
         return torch.tensor(flags, dtype=torch.bool)
