@@ -108,6 +108,32 @@ def test_interrupted_autoattack_resumes_with_the_same_result(monkeypatch, tmp_pa
     assert other["resumed_chunks"] == 0
 
 
+def test_autoattack_does_not_resume_chunks_saved_with_another_batch_size(monkeypatch, tmp_path):
+    # interrupted with chunks of 10, resumed with chunks of 15: the saved 10-image chunk is not
+    # taken for the first 15 images (it was: 25 flags came back for 30 images)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).eval()
+    x, y = torch.rand(30, 3, 4, 4), torch.randint(0, 10, (30,))
+    kwargs = dict(eps=0.05, version="custom", attacks=["apgd-ce"], progress=False)
+    full, _ = attacks.autoattack(model, x, y, state_dir=tmp_path / "a", batch_size=15, **kwargs)
+    bridge = importlib.import_module("advrep.attacks.autoattack")
+    real, calls = bridge._run_chunk, []
+
+    def interrupt_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(bridge, "_run_chunk", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        attacks.autoattack(model, x, y, state_dir=tmp_path / "b", batch_size=10, **kwargs)
+    assert (tmp_path / "b" / "chunk-00000.json").is_file()
+    monkeypatch.setattr(bridge, "_run_chunk", real)
+    resumed, info = attacks.autoattack(model, x, y, state_dir=tmp_path / "b", batch_size=15, **kwargs)
+    assert info["resumed_chunks"] == 0 and len(resumed) == 30 and torch.equal(resumed, full)
+
+
 @pytest.mark.slow
 def test_multi_targeted_pgd_is_at_least_as_strong_as_pgd(mnist_runs, mnist_test):
     model = load(mnist_runs["pgd-at"])
@@ -352,3 +378,17 @@ def test_black_box_check_is_skipped_with_a_warning_where_square_lacks_the_norm(t
         results = checks.run(small_linear(), x[:8], y[:8], threat=ThreatConfig("L1", 2.0, 0.5, 3), ev=ev,
                              device="cpu", whitebox=torch.zeros(8, dtype=torch.bool))
     assert "black_box" not in results and results["eps_zero"]["passed"]
+
+
+def test_autoattack_resumes_after_a_chunk_stopped_part_way(tmp_path):
+    # the unfinished chunk's pyautoattack state is left, its result is not: the resumed run redoes
+    # that chunk (pyautoattack refused its own state file with "a different set of attacks")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).eval()
+    x, y = torch.rand(20, 3, 4, 4), torch.randint(0, 10, (20,))
+    kwargs = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=10, progress=False)
+    full, _ = attacks.autoattack(model, x, y, state_dir=tmp_path, **kwargs)
+    assert (tmp_path / "chunk-00001.state.json").is_file()
+    (tmp_path / "chunk-00001.json").unlink()
+    resumed, info = attacks.autoattack(model, x, y, state_dir=tmp_path, **kwargs)
+    assert info["resumed_chunks"] == 1 and torch.equal(resumed, full)

@@ -83,6 +83,11 @@ def _make(cls, module: str, model, *, eps, norm, version, attacks, device, seed)
 def _run_chunk(adversary, module: str, model, x, y, batch_size: int, state: Optional[Path]) -> torch.Tensor:
     """Per-sample robustness (correct clean and under every attack) of one chunk, on the CPU."""
     if module == "pyautoattack":
+        # pyautoattack 0.2.0 cannot read back its own state of a chunk stopped part-way (it saves the
+        # set of attacks as text and compares that text with a set: always "a different set of
+        # attacks"), so such a chunk starts again; finished chunks are resumed above
+        if state is not None and state.is_file():
+            state.unlink()
         adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state)
         flags = json.loads(state.read_text())["_robust_flags"]
         return torch.tensor(flags, dtype=torch.bool)
@@ -100,7 +105,8 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
 
     ``state_dir`` keeps the per-chunk results for resuming (a temporary folder when None);
     ``fingerprint`` (for example the checkpoint path) is stored with them, and results made for
-    another model, data, eps or version are discarded instead of reused.
+    another model, data, eps, version or ``batch_size`` (the chunk size) are discarded instead of
+    reused.
     """
     attacks = list(attacks or [])
     _check(version, attacks, norm)
@@ -113,8 +119,9 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
                               fingerprint=fingerprint)
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
+    # the chunk size is in the key: chunks saved with another batch_size cover other images
     key = hashlib.sha1(json.dumps([fingerprint, len(x), float(eps), norm, version, attacks, seed, module,
-                                   int(y.sum())]).encode()).hexdigest()[:16]
+                                   int(y.sum()), int(batch_size)]).encode()).hexdigest()[:16]
     meta = state_dir / "meta.json"
     if not meta.is_file() or json.loads(meta.read_text()).get("key") != key:
         for old in state_dir.glob("chunk-*"):
