@@ -22,7 +22,9 @@ output before any dropout (the model's ``pre_dropout_path``: small-cnn's convolu
 1,024-d on MNIST, as the authors' port compares them; its 200-d penultimate features come after
 ``Dropout(0.5)``, whose two masks keep ``L_lc`` at ~0.13 even at ``x' = x``).
 ``layer=penultimate`` forces the penultimate features, a module path names another layer
-(flattened per sample). The smoothness and entropy parts always read the logits.
+(flattened per sample). The smoothness and entropy parts always read the logits. On the small
+CNN's unnormalized convolutional maps the paper's ``lc_weight = gc_weight = 1`` diverges (the maps
+grow until the network dies, in the authors' port too): its MNIST recipes use 0.1 (docs/adr.md).
 
 Value: ``lc·L_lc + gc·L_gc + smt·L_smt + ent·L_ent + gs·L_gs [+ CE(f, y)]``, all part weights 1
 except ``gs = 0``; the term's ``weight`` (1) scales the whole value, the clean CE included. So
