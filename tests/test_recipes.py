@@ -124,5 +124,6 @@ def test_adr_recipes_keep_the_paper_s_weights_but_the_small_cnn_s_compactness(na
     (term,) = config.create_method(cfg.method, cfg.terms).terms
     compactness = 0.1 if name.endswith("mnist-small-cnn") else 1.0
     c = term.cfg
-    assert (c.lc_weight, c.gc_weight, c.smt_weight, c.ent_weight, c.gs_weight) == (compactness, compactness, 1.0, 1.0, 0.0)
+    weights = (c.lc_weight, c.gc_weight, c.smt_weight, c.ent_weight, c.gs_weight)
+    assert weights == (compactness, compactness, 1.0, 1.0, 0.0)
     assert c.omega_other == pytest.approx(-1 / 99)

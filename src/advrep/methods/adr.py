@@ -94,7 +94,8 @@ class Adr(Term):
     Config = AdrConfig
     readouts = ("stage_divergence",)
     formula = ("lc·L_lc + gc·L_gc + smt·L_smt + ent·L_ent + gs·L_gs with d(a, b) = mean_k abs(a_k − b_k) on the "
-               "penultimate features: L_lc = mean_i d(sg(h_i), h'_i), L_gc = (1/B²)·Σ_ij ω_ij·d(sg(h_j), h'_i) "
+               "features h of layer (auto: the last before any dropout): L_lc = mean_i d(sg(h_i), h'_i), "
+               "L_gc = (1/B²)·Σ_ij ω_ij·d(sg(h_j), h'_i) "
                "(ω = 1 same class, else omega_other), L_smt = mean_i CE(sg(p_i), f'_i), L_ent = mean_i H(p'_i), "
                "L_gs = (1/B²)·Σ_ij ω_ij·CE(sg(p_j), f'_i); + CE(f, y) where the base has none (clean_ce=auto)")
     source = "Bui et al., ECCV 2020 (arXiv 2007.05123), official code"
