@@ -113,3 +113,17 @@ def test_adr_recipes_compare_the_port_s_layer(name):
     if cfg.model.arch == "small-cnn":
         assert cfg.model.head_args == {"init_std": 0.01} and model.head.weight.abs().sum() > 0
         assert model.head.weight.std().item() == pytest.approx(0.01, rel=0.1)
+
+
+@pytest.mark.parametrize("name", sorted(ADR))
+def test_adr_recipes_keep_the_paper_s_weights_but_the_small_cnn_s_compactness(name):
+    """Every part weighs 1 (global smoothness 0), as in the paper and the port, except the two
+    compactness terms of the small-CNN recipes: 0.1, because at 1 they diverge on its
+    unnormalized convolutional features (docs/results/adr-small-cnn-init.md)."""
+    cfg = recipe(name)
+    (term,) = config.create_method(cfg.method, cfg.terms).terms
+    compactness = 0.1 if name.endswith("mnist-small-cnn") else 1.0
+    c = term.cfg
+    weights = (c.lc_weight, c.gc_weight, c.smt_weight, c.ent_weight, c.gs_weight)
+    assert weights == (compactness, compactness, 1.0, 1.0, 0.0)
+    assert c.omega_other == pytest.approx(-1 / 99)

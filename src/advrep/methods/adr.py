@@ -22,7 +22,9 @@ output before any dropout (the model's ``pre_dropout_path``: small-cnn's convolu
 1,024-d on MNIST, as the authors' port compares them; its 200-d penultimate features come after
 ``Dropout(0.5)``, whose two masks keep ``L_lc`` at ~0.13 even at ``x' = x``).
 ``layer=penultimate`` forces the penultimate features, a module path names another layer
-(flattened per sample). The smoothness and entropy parts always read the logits.
+(flattened per sample). The smoothness and entropy parts always read the logits. On the small
+CNN's unnormalized convolutional maps the paper's ``lc_weight = gc_weight = 1`` diverges (the maps
+grow until the network dies, in the authors' port too): its MNIST recipes use 0.1 (docs/adr.md).
 
 Value: ``lc·L_lc + gc·L_gc + smt·L_smt + ent·L_ent + gs·L_gs [+ CE(f, y)]``, all part weights 1
 except ``gs = 0``; the term's ``weight`` (1) scales the whole value, the clean CE included. So
@@ -92,7 +94,8 @@ class Adr(Term):
     Config = AdrConfig
     readouts = ("stage_divergence",)
     formula = ("lc·L_lc + gc·L_gc + smt·L_smt + ent·L_ent + gs·L_gs with d(a, b) = mean_k abs(a_k − b_k) on the "
-               "penultimate features: L_lc = mean_i d(sg(h_i), h'_i), L_gc = (1/B²)·Σ_ij ω_ij·d(sg(h_j), h'_i) "
+               "features h of layer (auto: the last before any dropout): L_lc = mean_i d(sg(h_i), h'_i), "
+               "L_gc = (1/B²)·Σ_ij ω_ij·d(sg(h_j), h'_i) "
                "(ω = 1 same class, else omega_other), L_smt = mean_i CE(sg(p_i), f'_i), L_ent = mean_i H(p'_i), "
                "L_gs = (1/B²)·Σ_ij ω_ij·CE(sg(p_j), f'_i); + CE(f, y) where the base has none (clean_ce=auto)")
     source = "Bui et al., ECCV 2020 (arXiv 2007.05123), official code"
