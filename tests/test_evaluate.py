@@ -81,14 +81,9 @@ def test_autoattack_through_advrep_equals_pyautoattack(mnist_runs, mnist_test):
     assert torch.equal(mask.bool(), held) and 0 < held.sum() < len(y)  # image by image; some fall, some hold
 
 
-def test_interrupted_autoattack_resumes_with_the_same_result(monkeypatch, tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).eval()
-    x, y = torch.rand(30, 3, 4, 4), torch.randint(0, 10, (30,))
-    kwargs = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=10, progress=False)
-    full, _ = attacks.autoattack(model, x, y, state_dir=tmp_path / "a", **kwargs)
+def interrupt_at_second_chunk(monkeypatch, model, x, y, **kwargs):
+    """``attacks.autoattack`` stopped by Ctrl-C when its second chunk starts (the first one saved)."""
     bridge = importlib.import_module("advrep.attacks.autoattack")  # the module, not the function
-
     real, calls = bridge._run_chunk, []
 
     def interrupt_second(*args):
@@ -99,8 +94,17 @@ def test_interrupted_autoattack_resumes_with_the_same_result(monkeypatch, tmp_pa
 
     monkeypatch.setattr(bridge, "_run_chunk", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        attacks.autoattack(model, x, y, state_dir=tmp_path / "b", **kwargs)
+        attacks.autoattack(model, x, y, **kwargs)
     monkeypatch.setattr(bridge, "_run_chunk", real)
+
+
+def test_interrupted_autoattack_resumes_with_the_same_result(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).eval()
+    x, y = torch.rand(30, 3, 4, 4), torch.randint(0, 10, (30,))
+    kwargs = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=10, progress=False)
+    full, _ = attacks.autoattack(model, x, y, state_dir=tmp_path / "a", **kwargs)
+    interrupt_at_second_chunk(monkeypatch, model, x, y, state_dir=tmp_path / "b", **kwargs)
     resumed, info = attacks.autoattack(model, x, y, state_dir=tmp_path / "b", **kwargs)
     assert info["resumed_chunks"] == 1 and torch.equal(resumed, full)
     # a result made for another eps is not reused
@@ -116,20 +120,8 @@ def test_autoattack_does_not_resume_chunks_saved_with_another_batch_size(monkeyp
     x, y = torch.rand(30, 3, 4, 4), torch.randint(0, 10, (30,))
     kwargs = dict(eps=0.05, version="custom", attacks=["apgd-ce"], progress=False)
     full, _ = attacks.autoattack(model, x, y, state_dir=tmp_path / "a", batch_size=15, **kwargs)
-    bridge = importlib.import_module("advrep.attacks.autoattack")
-    real, calls = bridge._run_chunk, []
-
-    def interrupt_second(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(bridge, "_run_chunk", interrupt_second)
-    with pytest.raises(KeyboardInterrupt):
-        attacks.autoattack(model, x, y, state_dir=tmp_path / "b", batch_size=10, **kwargs)
+    interrupt_at_second_chunk(monkeypatch, model, x, y, state_dir=tmp_path / "b", batch_size=10, **kwargs)
     assert (tmp_path / "b" / "chunk-00000.json").is_file()
-    monkeypatch.setattr(bridge, "_run_chunk", real)
     resumed, info = attacks.autoattack(model, x, y, state_dir=tmp_path / "b", batch_size=15, **kwargs)
     assert info["resumed_chunks"] == 0 and len(resumed) == 30 and torch.equal(resumed, full)
 
