@@ -279,7 +279,8 @@ def test_a_run_logs_the_geometry_and_keeps_alpha(tmp_path, shared):
                  "--data-dir", str(shared("mnist")), "--out", str(run), "--model.head_args={alpha: 2.5}",
                  "--data.train_subset=128", "--data.val_size=32", "--train.epochs=1", "--train.batch_size=64",
                  "--threat.steps=2", "--threat.step_size=0.15", "--train.val_steps=2", "--eval.n=32",
-                 "--eval.attacks=[pgd]", "--eval.pgd_steps=2"]) == 0
+                 "--eval.attacks=[pgd]", "--eval.pgd_steps=2", "--eval.checks=false",
+                 "--eval.corruptions=none"]) == 0
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["readouts"]["prototype_geometry"]["class_vectors"] == "prototypes"
     assert {"loss_pos", "loss_neg", "loss_cons", "loss_ce_adv"} <= set(row)
