@@ -380,8 +380,8 @@ def test_the_mnist_recipe_keeps_the_compared_features_and_trains(shared):
     training gives them without the compactness terms (their mean norm grows from ~20 to ~150
     with lc = gc = 0, ~180 with the recipe) and learns; the paper's lc = gc = 1 at this layer
     blows them up (~3,000, and on to chance accuracy a few dozen steps later). The recipe's other
-    fix, the head's init, is measured in docs/results/adr-small-cnn-init.md (the reference's zero
-    head with the penultimate features compared collapses them to zero)."""
+    fix, the head's init: the reference's zero head with the penultimate features compared
+    collapses them to zero (docs/results/adr-small-cnn-init.md)."""
     import numpy as np
 
     data = np.load(shared("mnist") / "train.npz")
@@ -398,6 +398,11 @@ def test_the_mnist_recipe_keeps_the_compared_features_and_trains(shared):
     assert 0.5 * start < end < 20 * start and acc > 0.6, (start, end, acc)
     start, end, acc = run({**cfg.terms["adr"], "lc_weight": 1.0, "gc_weight": 1.0})
     assert end > 50 * start, (start, end, acc)
+    # the reference's zero head, penultimate features compared: they collapse, at chance accuracy
+    torch.manual_seed(0)
+    zero_head = models.create("small-cnn", num_classes=10, in_channels=1, image_size=28)
+    _, end, acc = _adr_steps(images, labels, zero_head, {"layer": "penultimate"})
+    assert end < 2 and acc < 0.25, (end, acc)
 
 
 def test_a_layer_the_model_lacks_is_a_clear_error():
