@@ -8,6 +8,7 @@ import torch
 
 from advrep import bench, methods, models
 from advrep.cli import main
+from advrep.factory import native_bf16
 from advrep.threat import Threat
 
 
@@ -43,7 +44,9 @@ def test_bench_command_prints_json(capsys):
     assert main(["bench", "--method", "fgsm-rs", "--arch", "small-cnn", "--dataset", "mnist", "--batch-size", "8",
                  "--images", "16", "--calls", "1", "--device", "cpu", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["device"] == "cpu" and r["amp_bf16"] is False and set(r["epoch"]) == {"advrep_img_s", "plain_img_s", "ratio"}
+    # --amp defaults to auto: bf16 where this CPU has it natively (AVX512-BF16 or AMX), else off
+    assert r["device"] == "cpu" and r["amp_bf16"] is native_bf16(torch.device("cpu"))
+    assert set(r["epoch"]) == {"advrep_img_s", "plain_img_s", "ratio"}
 
 
 @pytest.mark.slow

@@ -19,6 +19,16 @@ def test_piecewise_schedule_with_fractions_and_epochs():
     assert [lr_at(epochs, e, 0.5) for e in (74, 75, 89, 90)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
 
 
+def test_piecewise_milestone_inside_an_epoch_acts_at_its_step():
+    """The quickstart's 0.75 of 2 epochs falls half-way through epoch 2: it was rounded to the
+    end of training (epoch 2) and never acted."""
+    quick = TrainConfig(epochs=2, lr=1e-3, schedule="piecewise", milestones=[0.75], gamma=0.1)
+    assert [lr_at(quick, 0, 0.9), lr_at(quick, 1, 0.49), lr_at(quick, 1, 0.5), lr_at(quick, 1, 0.99)] \
+        == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    tenth = TrainConfig(epochs=10, lr=0.1, schedule="piecewise", milestones=[0.3], gamma=0.1)
+    assert [lr_at(tenth, 2, 0.999), lr_at(tenth, 3, 0.0)] == pytest.approx([0.1, 0.01])  # 0.3*10 = 3+4e-16
+
+
 def test_cosine_and_cyclic_schedules():
     cos = TrainConfig(epochs=10, lr=0.2, schedule="cosine")
     assert lr_at(cos, 0, 0.0) == pytest.approx(0.2)

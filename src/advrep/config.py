@@ -76,7 +76,7 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: NonNegativeFloat = 5e-4
     schedule: Literal["piecewise", "cosine", "cyclic", "constant"] = "piecewise"
-    milestones: list[PositiveFloat] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs (<= 1) or epochs
+    milestones: list[PositiveFloat] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training (<= 1) or epochs; each acts at the step it falls on
     gamma: PositiveFloat = 0.1
     peak_epoch: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.4  # cyclic: fraction of training at the peak
     eps_warmup_epochs: NonNegativeFloat = 0.0  # ramp the training eps linearly from 0 over these epochs

@@ -57,9 +57,9 @@ def lr_at(cfg: TrainConfig, epoch: int, frac: float) -> float:
     t = epoch + frac
     if cfg.schedule == "constant":
         return cfg.lr
-    if cfg.schedule == "piecewise":  # milestones <= 1 are fractions of training, else epochs
-        bounds = [m * cfg.epochs if m <= 1 else m for m in cfg.milestones]
-        return cfg.lr * cfg.gamma ** sum(epoch >= round(b) for b in bounds)
+    if cfg.schedule == "piecewise":  # milestones <= 1 are fractions of training, else epochs;
+        bounds = [m * cfg.epochs if m <= 1 else m for m in cfg.milestones]  # each acts at the step
+        return cfg.lr * cfg.gamma ** sum(t >= b - 1e-9 for b in bounds)  # it falls on (0.3*10 = 3+4e-16)
     if cfg.schedule == "cosine":
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * t / cfg.epochs))
     peak = cfg.peak_epoch * cfg.epochs  # cyclic: 0 -> lr at the peak -> 0 at the end
