@@ -51,6 +51,8 @@ def test_run_directory_holds_everything(mnist_runs):
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all("val_robust" in r and "loss" in r for r in rows)
+    # the quickstart's milestone 0.75 of 2 epochs acts half-way through epoch 2
+    assert [v for r in rows for v in (r["lr"], r["lr_end"])] == pytest.approx([1e-3, 1e-3, 1e-3, 1e-4])
     meta = json.loads((run / "best.json").read_text())
     assert meta["arch"] == "small-cnn" and meta["method"] == "pgd-at" and meta["threat"]["eps"] == 0.3
     assert meta["best_val_robust"] == max(r["val_robust"] for r in rows)

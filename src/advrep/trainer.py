@@ -295,7 +295,8 @@ class Trainer:
         cfg = self.cfg
         for epoch in range(self.start_epoch, stop):
             t0 = time.time()
-            row = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, 0.0)}
+            n = len(self.loader)  # the lr of the epoch's first and last steps (a milestone may fall in between)
+            row = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, 0.0), "lr_end": lr_at(cfg.train, epoch, (n - 1) / max(n, 1))}
             row.update(self.train_epoch(epoch))
             row["eps"] = self.threat_at(epoch, 1.0).eps
             row["train_time_s"] = round(time.time() - t0, 2)
