@@ -343,3 +343,20 @@ def test_recipes_load_with_the_papers_settings(setting):
     assert (cfg.method["beta"], cfg.method["m"], cfg.method["n"], cfg.method["s"]) == (6.0, 0.2, 0.2, 8.0)
     if setting == "cifar10-wrn-34-10":
         assert (cfg.train.epochs, cfg.train.lr, cfg.train.weight_decay) == (100, 0.1, 2e-4)
+
+
+def test_training_step_updates_batchnorm_clean_then_adversarial_as_spat_loss():
+    """The released ``spat_loss`` runs two training-mode passes after its eval-mode attack,
+    ``model(x_natural)`` then ``model(x_adv)``, and no second clean pass (unlike TRADES'
+    ``trades_loss``): BatchNorm's running statistics move clean, then adversarial, once each."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=0.3), nn.ReLU(),
+                        nn.Linear(3, 10)).train()
+    x, x_adv, y = torch.randn(6, 4), torch.randn(6, 4) + 1.0, torch.tensor([0, 1, 2, 3, 4, 5])
+    methods.create("spat").objective(net, x, x_adv, y)
+    bn = net[2]
+    assert bn.num_batches_tracked.item() == 2
+    by_hand = torch.zeros(3)
+    for b in (x, x_adv):  # momentum 0.3 from mean 0, in the code's order
+        by_hand = 0.7 * by_hand + 0.3 * net[1](b).mean(0).detach()
+    torch.testing.assert_close(bn.running_mean, by_hand)
