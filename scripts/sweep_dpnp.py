@@ -13,10 +13,12 @@ is made by `scripts/compare_mnist.py` (docs/results/adv-dpnp-mnist.md).
     python scripts/sweep_dpnp.py sweep --data-dir ../shared/data/mnist --out runs/dpnp/sweep \
         --table docs/results/adv-dpnp-sweep.md
 
-``grid``: the points of ``GRID`` with two seeds each, every run trained on a small subset and
-then evaluated (PGD and AutoAttack's APGD-CE on the first test images, with the
-``prototype_geometry`` read-out), so the score is APGD's and the geometry shows whether the
-prototype terms act (docs/results/adv-dpnp-grid.md).
+``grid``: the points of ``GRID`` (or ``--points``) with two seeds each, every run trained on a
+subset and then evaluated (PGD and AutoAttack's APGD-CE, or the attacks ``--aa`` names, on the
+first test images, with the ``prototype_geometry`` read-out), so the score is AutoAttack's and
+the geometry shows whether the prototype terms act (docs/results/adv-dpnp-grid.md,
+docs/results/adv-dpnp-aa-sweep.md). Runs already finished are reused, so two processes with
+different ``--points`` can share one ``--out`` and a last call with all of them writes the table.
 
     python scripts/sweep_dpnp.py grid --data-dir ../shared/data/mnist --out runs/dpnp/grid \
         --table docs/results/adv-dpnp-grid.md
@@ -144,17 +146,29 @@ def sweep(args) -> int:
     return 0
 
 
-# The re-derived weights: λ_pos around the value whose pull is of the CE's order at the start
-# (docs/adv-dpnp.md, "Scaling"), against the old default 0.1; α = 1, λ_neg = 1, λ_cons = 6.
-GRID = [{"alpha": 1.0, "lambda_pos": v, "lambda_neg": 1.0, "lambda_cons": 6.0} for v in (0.1, 1.0, 3.0)]
+# The defaults (α = 1, λ_pos = 0.1, λ_neg = 1, λ_cons = 6) and, by default, λ_pos around the value
+# whose pull is of the CE's order at the start (docs/adv-dpnp.md, "Scaling"); --points gives others.
+DEFAULTS = {"alpha": 1.0, "lambda_pos": 0.1, "lambda_neg": 1.0, "lambda_cons": 6.0}
+GRID = [{**DEFAULTS, "lambda_pos": v} for v in (0.1, 1.0, 3.0)]
 GRID_SEEDS = (0, 1)
 GEOMETRY = ("intra", "intra_rel", "intra_rel_adv", "min_angle_deg", "margin_rel", "margin_rel_adv")
+
+
+def parse_point(text: str) -> dict:
+    """``"lambda_pos=1,alpha=4"`` -> the defaults with those values."""
+    point = dict(DEFAULTS)
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in DEFAULTS:
+            raise SystemExit(f"unknown factor '{key}' in --points (one of {', '.join(DEFAULTS)})")
+        point[key] = float(value)
+    return point
 
 
 def grid_budget(args) -> list[str]:
     return ["--config", "configs/quickstart-mnist.yaml", "--method=adv-dpnp", f"--data.train_subset={args.subset}",
             f"--train.epochs={args.epochs}", "--data.val_size=0", f"--eval.n={args.n}",
-            "--eval.attacks=[pgd,autoattack]", "--eval.aa_version=custom", "--eval.aa_attacks=[apgd-ce]",
+            "--eval.attacks=[pgd,autoattack]", "--eval.aa_version=custom", f"--eval.aa_attacks=[{args.aa}]",
             "--eval.pgd_steps=20", "--eval.pgd_step_size=0.03", "--eval.checks=false", "--eval.corruptions=none",
             "--eval.readouts=[prototype_geometry]"]
 
@@ -174,21 +188,23 @@ def grid_run(point: dict, args, seed: int) -> dict:
 
 
 def grid(args) -> int:
-    results = [grid_run(point, args, seed) for point in GRID for seed in GRID_SEEDS]
+    points = [parse_point(t) for t in args.points] if args.points else GRID
+    results = [grid_run(point, args, seed) for point in points for seed in GRID_SEEDS]
+    aa = " + ".join(a.upper() for a in args.aa.split(","))
     lines = [
-        "# Adv-DPNP: λ_pos at the re-derived scale, APGD-CE as the score",
+        f"# Adv-DPNP: the prototype terms' weights, {aa} as the score",
         "",
         f"Small CNN, real MNIST, CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Each run: the quickstart recipe (Adam 1e-3, batch 64, "
         f"5-step PGD of 0.1 at eps 0.3, eps ramped over the first half epoch), {args.epochs} epochs on the first "
         f"{args.subset:,} training images, no validation slice (the last epoch is evaluated), then the first {args.n} "
-        "test images at Linf 0.3: PGD-20 (step 0.03) and AutoAttack's APGD-CE (pyautoattack, custom version with "
-        "apgd-ce only), a sample counting only if also correct clean; the `prototype_geometry` read-out on the same "
+        f"test images at Linf 0.3: PGD-20 (step 0.03) and AutoAttack's {aa} (pyautoattack, custom version with "
+        f"{args.aa} only), a sample counting only if also correct clean; the `prototype_geometry` read-out on the same "
         "images (`intra`: mean distance to the own prototype; `_rel`: over the mean distance between prototypes; "
         "`margin_rel`: (rival − own)/(rival + own) distance, in [−1, 1]). The score reads test images, so the "
         "selection is not independent of them: read the figures as a comparison at one budget, not as test accuracies.",
         "",
-        "| α | λ_pos | λ_neg | λ_cons | seed | clean | PGD-20 | APGD-CE | intra | intra_rel | intra_rel (adv) | min angle | margin_rel | margin_rel (adv) | train time |",
+        f"| α | λ_pos | λ_neg | λ_cons | seed | clean | PGD-20 | {aa} | intra | intra_rel | intra_rel (adv) | min angle | margin_rel | margin_rel (adv) | train time |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -196,16 +212,19 @@ def grid(args) -> int:
                      f"{100 * r['clean']:.1f}% | {100 * r['pgd']:.1f}% | {100 * r['apgd']:.1f}% | {r['intra']:.2f} | "
                      f"{r['intra_rel']:.2f} | {r['intra_rel_adv']:.2f} | {r['min_angle_deg']:.1f}° | "
                      f"{r['margin_rel']:.3f} | {r['margin_rel_adv']:.3f} | {r['train_s']:.0f} s |")
-    lines += ["", "Mean over the seeds:", "", "| λ_pos | clean | APGD-CE | intra_rel | margin_rel |", "|---|---|---|---|---|"]
-    for point in GRID:
+    lines += ["", "Mean over the seeds:", "", f"| α | λ_pos | λ_neg | λ_cons | clean | {aa} | intra_rel | margin_rel |",
+              "|---|---|---|---|---|---|---|---|"]
+    for point in points:
         rs = [r for r in results if all(r[k] == v for k, v in point.items())]
-        lines.append(f"| {point['lambda_pos']:g} | {100 * statistics.mean(r['clean'] for r in rs):.1f}% | "
+        lines.append(f"| {point['alpha']:g} | {point['lambda_pos']:g} | {point['lambda_neg']:g} | {point['lambda_cons']:g} | "
+                     f"{100 * statistics.mean(r['clean'] for r in rs):.1f}% | "
                      f"{100 * statistics.mean(r['apgd'] for r in rs):.1f}% | "
                      f"{statistics.mean(r['intra_rel'] for r in rs):.2f} | {statistics.mean(r['margin_rel'] for r in rs):.3f} |")
     lines += ["", "Produced by:", "", "```bash",
               shlex.join(["python", "scripts/sweep_dpnp.py", "grid", "--data-dir", args.data_dir, "--out", args.out,
                           "--table", args.table, "--subset", str(args.subset), "--epochs", str(args.epochs), "--n",
-                          str(args.n)]), "```", ""]
+                          str(args.n), "--aa", args.aa, *(["--points", *args.points] if args.points else [])]),
+              "```", ""]
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)
     Path(args.table).write_text("\n".join(lines))
     print("\n".join(lines))
@@ -282,6 +301,9 @@ def main() -> int:
     g = training("grid", "λ_pos at the re-derived scale, scored by APGD-CE, with the geometry", grid, "runs/dpnp/grid",
                  2000, "training images", 2)
     g.add_argument("--n", type=int, default=200, help="test images evaluated")
+    g.add_argument("--aa", default="apgd-ce", help="AutoAttack's attacks, comma-separated (apgd-ce,apgd-t)")
+    g.add_argument("--points", nargs="+", help='points as "lambda_pos=1,alpha=4" (the rest: the defaults); '
+                   "default: λ_pos 0.1, 1, 3")
     r = sub.add_parser("gradients", help="each term's gradient norm against the CE's at the start")
     r.add_argument("--data-dir", required=True)
     r.add_argument("--table", required=True)

@@ -8,7 +8,7 @@ import torch
 from advrep import checkpoint
 from advrep.config import TrainConfig
 from advrep.errors import CheckpointError
-from advrep.trainer import lr_at
+from advrep.trainer import _epoch_line, lr_at
 
 
 def test_piecewise_schedule_with_fractions_and_epochs():
@@ -27,6 +27,12 @@ def test_piecewise_milestone_inside_an_epoch_acts_at_its_step():
         == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
     tenth = TrainConfig(epochs=10, lr=0.1, schedule="piecewise", milestones=[0.3], gamma=0.1)
     assert [lr_at(tenth, 2, 0.999), lr_at(tenth, 3, 0.0)] == pytest.approx([0.1, 0.01])  # 0.3*10 = 3+4e-16
+
+
+def test_the_epoch_line_shows_a_drop_inside_the_epoch():
+    row = {"epoch": 2, "loss": 0.5, "lr": 1e-3, "lr_end": 1e-4, "train_time_s": 3.0}
+    assert "lr 0.001->0.0001 " in _epoch_line(row, 2)
+    assert "lr 0.001 " in _epoch_line({**row, "lr_end": 1e-3}, 2)
 
 
 def test_cosine_and_cyclic_schedules():

@@ -321,7 +321,8 @@ def _rank_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
-    text = f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  lr {row['lr']:.3g}"
+    lr = f"{row['lr']:.3g}" + (f"->{row['lr_end']:.3g}" if row.get("lr_end", row["lr"]) != row["lr"] else "")
+    text = f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  lr {lr}"
     if "val_clean" in row:
         text += f"  val clean {100 * row['val_clean']:.2f}%  val robust {100 * row['val_robust']:.2f}%"
     return text + f"  ({row['train_time_s']:.1f}s)"
