@@ -22,8 +22,8 @@ With ``c_j = α·v_j/‖v_j‖`` the ``prototype`` head's rows (radius α, ``mod
 ``dpnp`` is the same head and clean branch without adversarial examples.
 
 Threat model: the config's ``threat`` section (Linf 8/255, step 2/255, 10 steps on CIFAR-like
-data; 0.3, 0.01, 40 on MNIST-like). Defaults: λ_pos = 0.1, λ_neg = 1, λ_cons = 6, α = 1 (the
-head's default), settled by the MNIST sweep in docs/adv-dpnp.md.
+data; 0.3, 0.01, 40 on MNIST-like). Defaults: λ_pos = 1 (``dpnp``: 0.1, not re-swept), λ_neg = 1,
+λ_cons = 6, α = 1 (the head's default), settled by the MNIST sweeps in docs/adv-dpnp.md.
 
 Example::
 
@@ -60,6 +60,7 @@ class DpnpConfig(MethodConfig):
 
 @dataclass
 class AdvDpnpConfig(DpnpConfig):
+    lambda_pos: float = 1.0  # the pull of the CE's order; 0.1 barely acts (docs/results/adv-dpnp-aa-sweep.md)
     lambda_cons: float = 6.0
     attack: Literal["ce", "kl"] = "ce"
 
