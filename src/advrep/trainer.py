@@ -296,7 +296,8 @@ class Trainer:
         for epoch in range(self.start_epoch, stop):
             t0 = time.time()
             n = len(self.loader)  # the lr of the epoch's first and last steps (a milestone may fall in between)
-            row = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, 0.0), "lr_end": lr_at(cfg.train, epoch, (n - 1) / max(n, 1))}
+            row = {"epoch": epoch + 1, "lr": lr_at(cfg.train, epoch, 0.0),
+                   "lr_end": lr_at(cfg.train, epoch, (n - 1) / max(n, 1))}
             row.update(self.train_epoch(epoch))
             row["eps"] = self.threat_at(epoch, 1.0).eps
             row["train_time_s"] = round(time.time() - t0, 2)
@@ -321,7 +322,7 @@ def _rank_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
-    lr = f"{row['lr']:.3g}" + (f"->{row['lr_end']:.3g}" if row.get("lr_end", row["lr"]) != row["lr"] else "")
+    lr = f"{row['lr']:.3g}" + (f"->{row['lr_end']:.3g}" if row["lr_end"] != row["lr"] else "")
     text = f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  lr {lr}"
     if "val_clean" in row:
         text += f"  val clean {100 * row['val_clean']:.2f}%  val robust {100 * row['val_robust']:.2f}%"
