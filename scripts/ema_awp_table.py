@@ -7,8 +7,8 @@
 training run with its ``metrics.jsonl``) and its two evaluations ``RUNS/sSEED/VARIANT/eval-raw``
 and ``eval-ema`` (``advrep eval`` with PGD and AutoAttack on the same images, the commands in that
 page), and writes one small record per finished run, ``sSEED-VARIANT.json``: the metrics rows,
-both reports' accuracies and per-image masks, and the machine it ran on (read here, so collect on
-the machine that ran them). The checkpoints are not kept: the records are what the tables need,
+both reports' accuracies, per-image masks and commit, and the machine it ran on (read here, so
+collect on the machine that ran them). The checkpoints are not kept: the records are what the tables need,
 and they let the table be completed over several sessions, each adding whole runs.
 
 ``table`` writes four Markdown tables over the records present: every weight set with 95% Wilson
@@ -22,14 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from advrep.compare import markdown_table  # noqa: E402
 from advrep.masks import decode_mask  # noqa: E402
+from advrep.runs import read_metrics  # noqa: E402
 from advrep.stats import mcnemar_exact, wilson_interval  # noqa: E402
 
 VARIANTS = {"pgd-at": ("pgd-at", 0), "pgd-at+awp": ("pgd-at", 0.01), "trades": ("trades", 0),
@@ -49,9 +50,7 @@ def machine() -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor() or cpu
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    return {"cpu": cpu, "native_bf16": native_bf16(torch.device("cpu")), "torch": torch.__version__,
-            "advrep_commit": commit.strip()}
+    return {"cpu": cpu, "native_bf16": native_bf16(torch.device("cpu")), "torch": torch.__version__}
 
 
 def collect(runs: Path, out: Path) -> int:
@@ -63,7 +62,7 @@ def collect(runs: Path, out: Path) -> int:
             reports = {w: run / f"eval-{w}" / "report.json" for w in ("raw", "ema")}
             if not all(p.is_file() for p in reports.values()):
                 continue
-            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            rows = read_metrics(run / "metrics.jsonl")
             evals = {}
             for w, path in reports.items():
                 r = json.loads(path.read_text())
@@ -89,7 +88,9 @@ def load(out: Path) -> dict:
             runs[rec["seed"], rec["variant"], w] = {
                 "masks": {key: decode_mask(m[key], m["n"]) for key, _ in COLUMNS}, "n": m["n"],
                 "digest": m["images_sha1"], "train_time": sum(r["train_time_s"] for r in epochs),
-                "val": (epochs[-1].get("val_clean"), epochs[-1].get("val_robust")), "machine": rec["machine"]}
+                "val": (epochs[-1].get("val_clean"), epochs[-1].get("val_robust")),
+                # the code that evaluated it is the report's commit, not the one that collected it
+                "machine": {**rec["machine"], "advrep_commit": ev["git_commit"][:7]}}
     return runs
 
 
@@ -106,7 +107,7 @@ def diff(a, b) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return markdown_table([dict(zip(header, r)) for r in rows])
 
 
 def tables(out: Path) -> int:
