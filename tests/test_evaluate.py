@@ -81,8 +81,9 @@ def test_autoattack_through_advrep_equals_pyautoattack(mnist_runs, mnist_test):
     assert torch.equal(mask.bool(), held) and 0 < held.sum() < len(y)  # image by image; some fall, some hold
 
 
-def interrupt_at_second_chunk(monkeypatch, model, x, y, **kwargs):
-    """``attacks.autoattack`` stopped by Ctrl-C when its second chunk starts (the first one saved)."""
+def interrupt_at_second_chunk(monkeypatch, model, x, y, run=None, **kwargs):
+    """``run(model, x, y, **kwargs)`` (``attacks.autoattack`` by default) stopped by Ctrl-C when
+    AutoAttack's second chunk starts (the first one saved)."""
     bridge = importlib.import_module("advrep.attacks.autoattack")  # the module, not the function
     real, calls = bridge._run_chunk, []
 
@@ -94,7 +95,7 @@ def interrupt_at_second_chunk(monkeypatch, model, x, y, **kwargs):
 
     monkeypatch.setattr(bridge, "_run_chunk", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        attacks.autoattack(model, x, y, **kwargs)
+        (run or attacks.autoattack)(model, x, y, **kwargs)
     monkeypatch.setattr(bridge, "_run_chunk", real)
 
 
@@ -124,6 +125,50 @@ def test_autoattack_does_not_resume_chunks_saved_with_another_batch_size(monkeyp
     assert (tmp_path / "b" / "chunk-00000.json").is_file()
     resumed, info = attacks.autoattack(model, x, y, state_dir=tmp_path / "b", batch_size=15, **kwargs)
     assert info["resumed_chunks"] == 0 and len(resumed) == 30 and torch.equal(resumed, full)
+
+
+def test_autoattack_does_not_resume_chunks_of_other_weights_or_other_images(monkeypatch, tmp_path):
+    # the key used to hold only the caller's fingerprint, the image count and the label sum: a run
+    # trained again at the same path, or other images with the same labels, reused the old chunks
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).eval()
+    x, y = torch.rand(30, 3, 4, 4), torch.randint(0, 10, (30,))
+    kwargs = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=10, progress=False,
+                  fingerprint="runs/a/last")
+    other_model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).eval()
+    other_x = x.flip(0)
+    other_y = y.flip(0)
+    for m, xs, ys in ((other_model, x, y), (model, other_x, other_y)):
+        interrupt_at_second_chunk(monkeypatch, model, x, y, state_dir=tmp_path / "b", **kwargs)
+        full, _ = attacks.autoattack(m, xs, ys, state_dir=tmp_path / "fresh", **kwargs)
+        resumed, info = attacks.autoattack(m, xs, ys, state_dir=tmp_path / "b", **kwargs)
+        assert info["resumed_chunks"] == 0 and torch.equal(resumed, full)
+
+
+def test_evaluation_resumes_autoattack_after_a_commit_or_a_move(monkeypatch, tmp_path):
+    # the chunks were keyed by the report's context, git commit and checkpoint path included: a
+    # commit made while an evaluation was stopped discarded its finished AutoAttack chunks
+    model, ev = small_linear(side=4), EvalConfig(attacks=["autoattack"], aa_version="custom",
+                                                 aa_attacks=["apgd-ce"], batch_size=10, checks=False,
+                                                 corruptions="none")
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(30, 3, 4, 4, generator=gen), torch.randint(0, 5, (30,), generator=gen)
+    context = {"architecture": "linear", "method": "pgd-at", "epoch": 2, "weights": "raw"}
+
+    def run(model, x, y, state_dir, commit, path):
+        return evaluate(model, x, y, threat=ThreatConfig("Linf", 0.05, 0.01, 5), ev=ev, device="cpu",
+                        progress=False, state_dir=state_dir,
+                        context={**context, "git_commit": commit, "git_dirty": False, "checkpoint": path})
+
+    full = run(model, x, y, tmp_path / "a", "c0ffee", "runs/x/last")
+    interrupt_at_second_chunk(monkeypatch, model, x, y, run=run, state_dir=tmp_path / "b", commit="c0ffee",
+                              path="runs/x/last")
+    resumed = run(model, x, y, tmp_path / "b", "beef42", "moved/x/last")
+    assert resumed["autoattack"]["resumed_chunks"] == 1
+    assert resumed["masks"]["autoattack"] == full["masks"]["autoattack"]
+    # another weights label (the EMA network of the same run) is another result
+    context["weights"] = "ema"
+    assert run(model, x, y, tmp_path / "b", "beef42", "moved/x/last")["autoattack"]["resumed_chunks"] == 0
 
 
 @pytest.mark.slow

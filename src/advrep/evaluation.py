@@ -148,6 +148,14 @@ def correctness(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatConfig, e
     return out, (torch.cat(kept) if kept else None)
 
 
+def _resume_fingerprint(context: dict | None) -> str:
+    """What of the report's context separates AutoAttack's saved chunks: not the code's version
+    (a commit made while an evaluation was stopped used to discard its finished chunks) and not
+    the checkpoint's path (a moved run resumes); the attack keys them by the weights and images."""
+    code = {"advrep_version", "git_commit", "git_dirty", "checkpoint"}
+    return json.dumps({k: v for k, v in (context or {}).items() if k not in code}, sort_keys=True)
+
+
 def _robust_attacks(model, x, y, threat, ev, device, masks, costs, log, state_dir, context, progress,
                     suffix="") -> dict:
     """The attacks that run over the whole set themselves (AutoAttack): their masks into
@@ -161,7 +169,7 @@ def _robust_attacks(model, x, y, threat, ev, device, masks, costs, log, state_di
         with PassCounter(model) as counter:
             mask, extra[name] = ATTACKS.get(name).robust(
                 model, to_float(x[lo:hi].to(device)), y[lo:hi].to(device), threat=threat, ev=ev, device=device,
-                state_dir=distributed.rank_dir(folder), fingerprint=json.dumps(context or {}, sort_keys=True),
+                state_dir=distributed.rank_dir(folder), fingerprint=_resume_fingerprint(context),
                 progress=progress)
         masks[name] = distributed.gather_cat(mask)
         costs[name] = counter.facts(len(x), time.time() - t)

@@ -97,16 +97,28 @@ def _run_chunk(adversary, module: str, model, x, y, batch_size: int, state: Opti
         return (clean & (model(x_adv).argmax(1) == y)).cpu()
 
 
+def _digest(tensors) -> str:
+    """SHA-1 of the tensors' dtypes, shapes and values, in order."""
+    h = hashlib.sha1()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
                version: str = "standard", attacks: list[str] | None = None, device="cpu",
                batch_size: int = 250, state_dir: Path | None = None, seed: int = 0,
                progress: bool = True, fingerprint: str = "") -> tuple[torch.Tensor, dict]:
     """Robust-accuracy mask (bool, CPU) of float images ``x`` in [0, 1] and info about the run.
 
-    ``state_dir`` keeps the per-chunk results for resuming (a temporary folder when None);
-    ``fingerprint`` (for example the checkpoint path) is stored with them, and results made for
-    another model, data, eps, version or ``batch_size`` (the chunk size) are discarded instead of
-    reused.
+    ``state_dir`` keeps the per-chunk results for resuming (a temporary folder when None). They
+    are keyed by digests of the model's weights and buffers and of the images and labels, by eps,
+    norm, version, attacks, seed, backend and ``batch_size`` (the chunk size), and by
+    ``fingerprint`` (anything else the caller wants to separate): results made for another model
+    or data are discarded instead of reused, even at the same path, and a result is reused
+    whatever advrep commit is running.
     """
     attacks = list(attacks or [])
     _check(version, attacks, norm)
@@ -121,7 +133,8 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
     state_dir.mkdir(parents=True, exist_ok=True)
     # the chunk size is in the key: chunks saved with another batch_size cover other images
     key = hashlib.sha1(json.dumps([fingerprint, len(x), float(eps), norm, version, attacks, seed, module,
-                                   int(y.sum()), int(batch_size)]).encode()).hexdigest()[:16]
+                                   int(y.sum()), int(batch_size), _digest(model.state_dict().values()),
+                                   _digest([x, y])]).encode()).hexdigest()[:16]
     meta = state_dir / "meta.json"
     if not meta.is_file() or json.loads(meta.read_text()).get("key") != key:
         for old in state_dir.glob("chunk-*"):
