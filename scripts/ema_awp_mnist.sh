@@ -8,7 +8,9 @@
 # the last checkpoint's raw and EMA weights on the first 1,000 MNIST test images (clean, PGD-20,
 # AutoAttack's APGD-CE + APGD-T), then records the run under docs/results/ema-awp-mnist/
 # (scripts/ema_awp_table.py collect) so the table can be rebuilt without the checkpoints.
-# Jobs run one after the other with one torch thread; start two such streams on two cores.
+# Jobs run one after the other with one torch thread; start two such streams on two cores. A stopped
+# job is taken up again by the same command: training resumes, finished evaluations (and finished
+# AutoAttack chunks) are kept.
 # Environment: DATA_DIR (default ../shared/data/mnist), ADVREP (default .venv/bin/advrep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,10 +29,16 @@ for job in "$@"; do
     *) echo "unknown variant '$variant' (pgd-at, pgd-at+awp, trades, trades+awp)" >&2; exit 2 ;;
   esac
   run=$runs/s$seed/$variant
-  echo "$(date +%T) train $variant seed $seed -> $run"
-  "$advrep" train --quiet --config configs/quickstart-mnist.yaml --data-dir "$data" --train.ema=0.995 \
-    --train.ema_warmup=true --eval.after_train=false --seed="$seed" "${flags[@]}" --out "$run"
+  if [ -e "$run/last.json" ]; then  # a stopped job: finish its training (nothing to do if it is done)
+    echo "$(date +%T) resume $variant seed $seed in $run"
+    "$advrep" train --quiet --resume "$run"
+  else
+    echo "$(date +%T) train $variant seed $seed -> $run"
+    "$advrep" train --quiet --config configs/quickstart-mnist.yaml --data-dir "$data" --train.ema=0.995 \
+      --train.ema_warmup=true --eval.after_train=false --seed="$seed" "${flags[@]}" --out "$run"
+  fi
   for weights in raw ema; do
+    if [ -e "$run/eval-$weights/report.json" ]; then continue; fi
     echo "$(date +%T) evaluate $variant seed $seed, $weights weights"
     "$advrep" eval "$run" --quiet --checkpoint last --eval.checks=false --eval.corruptions=none --n 1000 \
       --eval.weights="$weights" '--eval.attacks=[pgd,autoattack]' --eval.pgd_steps=20 --eval.pgd_step_size=0.03 \
