@@ -216,8 +216,11 @@ def test_a_finished_run_is_never_restarted_over(tiny_run, tiny_mnist, capsys):
 def test_ctrl_c_in_an_epoch_says_what_is_saved_and_how_to_continue(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "advrep", *tiny_command(tiny_mnist, out, "--train.epochs=200")]
+    # the Ctrl-C of a terminal: a job started in the background of a shell without job control
+    # (nohup ... &) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not (out / "checkpoints.json").is_file():
