@@ -37,7 +37,8 @@ def test_pgd_at_is_at_least_40_points_more_robust_than_standard(mnist_runs):
     gap = adv["attacks"]["pgd"]["acc"] - std["attacks"]["pgd"]["acc"]
     print(f"\nPGD-20 (eps 0.3, 500 MNIST test images): standard {std['attacks']['pgd']['acc']:.3f}, "
           f"pgd-at {adv['attacks']['pgd']['acc']:.3f}; clean {std['clean_acc']:.3f} / {adv['clean_acc']:.3f}")
-    # Measured (10,000 training images): standard clean 93.5%, PGD-20 1.2%; pgd-at 95.6%, 61.2%.
+    # Measured (10,000 training images): standard clean 93.5%, PGD-20 1.2%; pgd-at 95.6%, 61.2%;
+    # 2026-12-03 (fp32 training, the lr drop acting): standard 98.4%, 0.4%; pgd-at 96.0%, 60.0%.
     assert gap >= 0.40
     assert std["clean_acc"] > 0.9 and adv["clean_acc"] > 0.9
 
