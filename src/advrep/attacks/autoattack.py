@@ -98,9 +98,13 @@ def _run_chunk(adversary, module: str, model, x, y, batch_size: int, state: Opti
 
 
 def _digest(tensors) -> str:
-    """SHA-1 of the tensors' dtypes, shapes and values, in order."""
+    """SHA-1 of the tensors' dtypes, shapes and values, in order (anything else, such as a
+    module's extra state, by its repr)."""
     h = hashlib.sha1()
     for t in tensors:
+        if not torch.is_tensor(t):
+            h.update(repr(t).encode())
+            continue
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
