@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from advrep.compare import markdown_table  # noqa: E402
+from advrep.compare import MISSING, checks_cell, markdown_table  # noqa: E402
 
 ORDER = ["pgd-at", "trades", "standard", "adv-dpnp", "trades+adr", "spat", "trades+anc-ra", "mart", "aalp",
          "pgd-at+adr", "alp", "fgsm-rs"]
@@ -27,17 +27,9 @@ COLUMNS = [("pgd", "PGD-20"), ("cw", "CW∞-30"), ("autoattack", "AutoAttack"), 
 
 def cell(row: dict | None) -> str:
     if not row:
-        return "–"
+        return MISSING
     lo, hi = row["ci95"]
     return f"{100 * row['acc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def checks_cell(report: dict) -> str:
-    checks = report.get("checks") or {}
-    failed = [name for name, c in checks.items() if not c["passed"]]
-    if not checks:
-        return "–"
-    return f"{len(checks) - len(failed)}/{len(checks)}" + (f" (failed: {', '.join(failed)})" if failed else "")
 
 
 def rows_of(dirs: list[Path]) -> dict[str, Path]:
@@ -49,7 +41,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    table, unfinished, machines = [], [], {}
+    table, unfinished, machines, sizes = [], [], {}, set()
     for label, d in rows_of([Path(a) for a in argv]).items():
         row = json.loads((d / "row.json").read_text())
         if row["rc"] != 0 or not (d / "report.json").is_file():
@@ -57,7 +49,7 @@ def main(argv: list[str]) -> int:
                               f"and {row['eval_wall_s']} s of evaluation")
             continue
         report = json.loads((d / "report.json").read_text())
-        attacks = report["attacks"]
+        attacks, sizes = report["attacks"], sizes | {report["n"]}
         table.append({"row": f"`{label}`", "clean": cell(attacks["clean"]),
                       **{title: cell(attacks.get(key)) for key, title in COLUMNS},
                       "masking checks": checks_cell(report),
@@ -66,9 +58,7 @@ def main(argv: list[str]) -> int:
         machines.setdefault(key, []).append(label)
     out = []
     if table:
-        n = {json.loads((d / "report.json").read_text())["n"] for d in rows_of([Path(a) for a in argv]).values()
-             if (d / "report.json").is_file()}
-        out += [f"Accuracies in % on the first {', '.join(map(str, sorted(n)))} CIFAR-10 test images, Linf eps 8/255, "
+        out += [f"Accuracies in % on the first {', '.join(map(str, sorted(sizes)))} CIFAR-10 test images, Linf eps 8/255, "
                 "95% Wilson intervals; robust only if also correct clean; worst case: robust to every attack.", ""]
         out += markdown_table(table)
         out += ["", *(f"- {', '.join(labels)}: {dev}, torch {tv}, advrep {commit}"

@@ -85,7 +85,8 @@ def _duration(seconds: float | None) -> str:
         else f"{seconds / 3600:.1f} h"
 
 
-def _checks(report: dict) -> str:
+def checks_cell(report: dict) -> str:
+    """A report's gradient-masking checks in one table cell ("all 6 pass", "FAIL: black_box")."""
     checks = report.get("checks")
     if not checks:
         return MISSING
@@ -121,7 +122,7 @@ def table_row(label: str, run: dict, attack_names=USUAL_ATTACKS) -> dict:
             "clean": _pct(report.get("clean_acc")),
             **{ATTACKS.get(name).title: _pct(acc(name)) for name in attack_names},
             "corruptions (official)": _pct(official),
-            "corruptions (generated)": _pct(report.get("corruptions_generated_acc")), "masking checks": _checks(report)}
+            "corruptions (generated)": _pct(report.get("corruptions_generated_acc")), "masking checks": checks_cell(report)}
 
 
 def geometry_row(label: str, analysis: dict) -> dict:
