@@ -135,10 +135,10 @@ def autoattack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
                               fingerprint=fingerprint)
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    # the chunk size is in the key: chunks saved with another batch_size cover other images
-    key = hashlib.sha1(json.dumps([fingerprint, len(x), float(eps), norm, version, attacks, seed, module,
-                                   int(y.sum()), int(batch_size), _digest(model.state_dict().values()),
-                                   _digest([x, y])]).encode()).hexdigest()[:16]
+    # the chunk size is in the key: chunks saved with another batch_size cover other images; the
+    # images' digest covers their number and labels
+    key = hashlib.sha1(json.dumps([fingerprint, float(eps), norm, version, attacks, seed, module, int(batch_size),
+                                   _digest(model.state_dict().values()), _digest([x, y])]).encode()).hexdigest()[:16]
     meta = state_dir / "meta.json"
     if not meta.is_file() or json.loads(meta.read_text()).get("key") != key:
         for old in state_dir.glob("chunk-*"):
